@@ -1,0 +1,394 @@
+"""Experiment configuration: one frozen dataclass per component, strict construction, named profiles.
+
+A config is built from a plain dict (``ExperimentConfig.from_dict``), refined with dotted
+overrides (``cfg.with_overrides(["model.decoder=transpose"])``) and written back as a dict that a
+checkpoint carries, so a model can always be rebuilt from what was saved beside it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the key and the valid choices."""
+
+
+DECODERS = ("upsample", "transpose")
+PHASE_INITS = ("zero", "random")
+CONTRASTIVE_LAYERS = ("both", "encoder", "decoder")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the complex autoencoder (see DESIGN.md, "The model")."""
+
+    in_channels: int = 3
+    enc_channels: tuple[int, ...] = (128, 128, 256, 256, 256)
+    enc_strides: tuple[int, ...] = (2, 1, 2, 1, 2)
+    enc_kernels: tuple[int, ...] = (3, 3, 3, 3, 3)
+    linear_dim: int = 256
+    decoder: str = "upsample"  # "upsample" (CAE++, CtCAE) | "transpose" (CAE)
+    out_conv: bool = False
+    out_sigmoid: bool = False
+    phase_init: str = "zero"  # input phase: "zero" | "random"
+
+    def __post_init__(self) -> None:
+        _choice("model.decoder", self.decoder, DECODERS)
+        _choice("model.phase_init", self.phase_init, PHASE_INITS)
+        n = len(self.enc_channels)
+        if n == 0:
+            raise ConfigError("model.enc_channels: needs at least one layer")
+        for key in ("enc_strides", "enc_kernels"):
+            if len(getattr(self, key)) != n:
+                raise ConfigError(
+                    f"model.{key}: has {len(getattr(self, key))} entries but model.enc_channels has {n}"
+                )
+        if any(s not in (1, 2) for s in self.enc_strides):
+            raise ConfigError(f"model.enc_strides: each stride must be 1 or 2, got {self.enc_strides}")
+        if self.decoder == "transpose" and any(k != 3 for k, s in zip(self.enc_kernels, self.enc_strides) if s == 2):
+            raise ConfigError("model.enc_kernels: the transposed-conv decoder needs kernel 3 on stride-2 layers")
+        _positive("model.in_channels", self.in_channels)
+        _positive("model.linear_dim", self.linear_dim)
+        for c in self.enc_channels + self.enc_kernels:
+            _positive("model.enc_channels/enc_kernels", c)
+
+
+@dataclass(frozen=True)
+class ContrastiveConfig:
+    """Contrastive loss on phases with pairs mined on magnitudes (weight 0 turns it off)."""
+
+    weight: float = 0.0
+    temperature: float = 0.05
+    layers: str = "both"  # "both" | "encoder" | "decoder"
+    enc_anchors: int = 4
+    enc_positives: int = 1
+    enc_top_k: int = 1
+    enc_negatives: int = 2
+    enc_bottom_m: int = 2
+    dec_anchors: int = 100
+    dec_positives: int = 1
+    dec_top_k: int = 5
+    dec_negatives: int = 100
+    dec_bottom_m: int = 500
+    dec_patch: int = 1  # p x p patches of the decoder output (2 at 64x64, 3 at 96x96)
+
+    def __post_init__(self) -> None:
+        _choice("contrastive.layers", self.layers, CONTRASTIVE_LAYERS)
+        if self.weight < 0:
+            raise ConfigError(f"contrastive.weight: must be >= 0, got {self.weight}")
+        if self.temperature <= 0:
+            raise ConfigError(f"contrastive.temperature: must be > 0, got {self.temperature}")
+        for side in ("enc", "dec"):
+            pos, top = getattr(self, f"{side}_positives"), getattr(self, f"{side}_top_k")
+            neg, bot = getattr(self, f"{side}_negatives"), getattr(self, f"{side}_bottom_m")
+            if not 0 < pos <= top:
+                raise ConfigError(f"contrastive.{side}_positives: need 0 < positives ({pos}) <= top_k ({top})")
+            if not 0 < neg <= bot:
+                raise ConfigError(f"contrastive.{side}_negatives: need 0 < negatives ({neg}) <= bottom_m ({bot})")
+            _positive(f"contrastive.{side}_anchors", getattr(self, f"{side}_anchors"))
+        _positive("contrastive.dec_patch", self.dec_patch)
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images to train and test on."""
+
+    dataset: str = "tetrominoes"  # generated dataset name or a dataset directory
+    resolution: int = 32
+    n_train: int = 60000  # generated datasets: train split size, the 5% validation hold-out included
+    n_test: int = 320
+    data_seed: int = 0
+    train_n_objects: str = ""  # filter on the object count for training: "" (all), "<=4", "5", "1-4", "5,6"
+    test_n_objects: tuple[int, ...] = ()  # object counts also evaluated separately at test time
+    cache_dir: str = ""  # "" = $CTCAE_DATA_CACHE or ~/.cache/ctcae
+
+    def __post_init__(self) -> None:
+        _positive("data.resolution", self.resolution)
+        _positive("data.n_train", self.n_train)
+        _positive("data.n_test", self.n_test)
+        if not self.dataset:
+            raise ConfigError("data.dataset: empty; give a generated dataset name or a dataset directory")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and evaluation schedule."""
+
+    steps: int = 50000
+    batch_size: int = 64
+    lr: float = 4e-4
+    eval_every: int = 1000
+    eval_images: int = 320  # validation images per evaluation
+    log_every: int = 50
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    inject_nan_at: int = -1  # fault injection for tests: the loss becomes NaN at this step
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "eval_every", "eval_images", "log_every"):
+            _positive(f"train.{key}", getattr(self, key))
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything a run needs; a checkpoint stores ``to_dict()`` of it."""
+
+    name: str = "ctcae_tetrominoes"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
+        """Strict construction: unknown keys and wrong types raise ConfigError naming the key."""
+        return _build(cls, d, prefix="")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def flat(self) -> dict[str, Any]:
+        """``{"model.decoder": "upsample", ...}`` (tuples as lists)."""
+        out: dict[str, Any] = {}
+        for section, values in self.to_dict().items():
+            if isinstance(values, dict):
+                for k, v in values.items():
+                    out[f"{section}.{k}"] = v
+            else:
+                out[section] = values
+        return out
+
+    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "ExperimentConfig":
+        """Apply dotted overrides, ``["model.decoder=transpose"]`` or ``{"train.steps": 10}``."""
+        if isinstance(overrides, dict):
+            items = list(overrides.items())
+        else:
+            items = []
+            for item in overrides:
+                if "=" not in item:
+                    raise ConfigError(f"override {item!r}: expected key=value, e.g. model.decoder=transpose")
+                key, raw = item.split("=", 1)
+                items.append((key.strip(), parse_value(key.strip(), raw)))
+        d = self.to_dict()
+        for key, value in items:
+            _set_dotted(d, key, value)
+        return ExperimentConfig.from_dict(d)
+
+
+def valid_keys() -> list[str]:
+    """All dotted keys of ExperimentConfig, e.g. ``model.decoder``."""
+    return list(ExperimentConfig().flat().keys())
+
+
+def key_type(key: str) -> Any:
+    """The annotated type of a dotted key (raises ConfigError for unknown keys)."""
+    parts = key.split(".")
+    cls: Any = ExperimentConfig
+    tp: Any = None
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            where = ".".join(parts[:i]) or "top level"
+            raise ConfigError(f"unknown config key {key!r}; valid keys at {where}: {sorted(hints)}")
+        tp = hints[part]
+        cls = tp
+    if dataclasses.is_dataclass(tp):
+        raise ConfigError(f"config key {key!r} is a section; valid keys: {[k for k in valid_keys() if k.startswith(key + '.')]}")
+    return tp
+
+
+def parse_value(key: str, raw: str) -> Any:
+    """Parse an override's text by the key's type: ``32,32,64`` for tuples, ``true`` for bools."""
+    tp = key_type(key)
+    raw = raw.strip()
+    if typing.get_origin(tp) is tuple:
+        if raw in ("", "()", "[]"):
+            return []
+        text = raw.strip("[]()")
+        try:
+            return [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"{key}: expected comma-separated integers, got {raw!r}") from None
+    if tp is str:
+        return raw
+    if tp in (int, float):
+        try:
+            return tp(raw)
+        except ValueError:
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {raw!r}") from None
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"{key}: cannot parse {raw!r}") from None
+    return value
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+
+
+def _positive(key: str, value: int) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be > 0, got {value}")
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    key_type(key)  # validates the key
+    parts = key.split(".")
+    node = d
+    for part in parts[:-1]:
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _check_type(key: str, tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of integers, got {type(value).__name__} {value!r}")
+        return tuple(_check_type(f"{key}[{i}]", typing.get_args(tp)[0], v) for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _check_type(key, arg, value)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not match {tp}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null")
+        return None
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls: Any, d: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(d) - set(hints))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]} at {where}; valid keys: {sorted(hints)}")
+    kwargs = {}
+    for name, value in d.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_type(prefix + name, tp, value)
+    return cls(**kwargs)
+
+
+def _to_plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+# ---------------------------------------------------------------- profiles
+PROFILES: dict[str, Callable[[], ExperimentConfig]] = {}
+
+PAPER_32 = dict(enc_channels=[128, 128, 256, 256, 256], enc_strides=[2, 1, 2, 1, 2], enc_kernels=[3] * 5, linear_dim=256)
+PAPER_FULL = dict(
+    enc_channels=[128, 128, 256, 256, 256, 256, 256], enc_strides=[2, 1, 2, 1, 2, 1, 2], enc_kernels=[3] * 7, linear_dim=256
+)
+# Same structure, a quarter of the width: about 1/16 of the convolution cost (step times in README).
+SMALL_32 = dict(enc_channels=[32, 32, 64, 64, 64], enc_strides=[2, 1, 2, 1, 2], enc_kernels=[3] * 5, linear_dim=64)
+VARIANTS = {
+    "cae": (dict(decoder="transpose", out_conv=True, out_sigmoid=True), 0.0),
+    "caepp": (dict(decoder="upsample", out_conv=False, out_sigmoid=False), 0.0),
+    "ctcae": (dict(decoder="upsample", out_conv=False, out_sigmoid=False), 1e-4),
+}
+# The generated stand-in for CLEVR6 is "clevr_like"; real CLEVR6 is imported to a directory (data.dataset=DIR).
+DATASETS = {
+    "tetrominoes": dict(dataset="tetrominoes", n_train=60000, n_test=320),
+    "multi_dsprites": dict(dataset="multi_dsprites", n_train=60000, n_test=320),
+    "clevr6": dict(dataset="clevr_like", n_train=50000, n_test=320),
+}
+
+
+def _register(name: str, d: dict[str, Any]) -> None:
+    PROFILES[name] = lambda d=d, name=name: ExperimentConfig.from_dict({"name": name, **d})
+
+
+def _profile_dict(variant: str, dataset: str, arch: dict[str, Any], resolution: int) -> dict[str, Any]:
+    model_toggles, weight = VARIANTS[variant]
+    return {
+        "model": {**arch, **model_toggles},
+        "contrastive": {"weight": weight},
+        "data": {**DATASETS[dataset], "resolution": resolution},
+    }
+
+
+for _v in VARIANTS:
+    for _ds in DATASETS:
+        _register(f"{_v}_{_ds}", _profile_dict(_v, _ds, PAPER_32, 32))
+        small = _profile_dict(_v, _ds, SMALL_32, 32)
+        small["data"]["n_train"] = 20000
+        small["train"] = {"steps": 3000, "eval_every": 250, "eval_images": 160}
+        _register(f"{_v}_{_ds}_small", small)
+    full_md = _profile_dict(_v, "multi_dsprites", PAPER_FULL, 64)
+    full_md["contrastive"]["dec_patch"] = 2
+    _register(f"{_v}_multi_dsprites_64", full_md)
+    full_cl = _profile_dict(_v, "clevr6", PAPER_FULL, 96)
+    full_cl["contrastive"].update(dec_patch=3, enc_anchors=8, enc_negatives=16, enc_bottom_m=24)
+    _register(f"{_v}_clevr6_96", full_cl)
+
+# Test-sized: the same structure, tiny widths, a few steps on a few hundred generated images.
+_register(
+    "tiny",
+    {
+        "model": dict(enc_channels=[8, 8, 16, 16, 16], enc_strides=[2, 1, 2, 1, 2], enc_kernels=[3] * 5, linear_dim=16),
+        "contrastive": {"weight": 1e-4, "dec_anchors": 20, "dec_negatives": 20, "dec_bottom_m": 100},
+        "data": {"dataset": "tetrominoes", "n_train": 400, "n_test": 64},
+        "train": {"steps": 20, "batch_size": 16, "eval_every": 10, "eval_images": 32, "log_every": 5},
+    },
+)
+
+
+def list_profiles() -> list[str]:
+    return sorted(PROFILES)
+
+
+def get_profile(name: str) -> ExperimentConfig:
+    """A named profile, e.g. ``ctcae_tetrominoes`` or ``caepp_multi_dsprites_small``."""
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; valid profiles: {list_profiles()}")
+    return PROFILES[name]()
+
+
+def load_config_file(path: str) -> ExperimentConfig:
+    """Read a resolved config (YAML or JSON) as written beside a run."""
+    with open(path) as f:
+        return ExperimentConfig.from_dict(yaml.safe_load(f))

@@ -1,0 +1,116 @@
+"""Complex-valued layers of the CAE, carried as real (magnitude, phase) tensor pairs.
+
+A complex activation z = m e^{i phi} travels as two real tensors ``(m, phi)`` of the same shape,
+which keeps every kernel real (faster on CPU than torch's complex kernels, and no complex
+autograd). One function, :func:`apply_complex`, holds the layer arithmetic of DESIGN.md; the
+Conv, ConvTranspose and Linear wrappers only supply the real linear map ``f``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+PHASE_EPS = 1e-8  # |Im psi| below this is set to eps before arg(), so atan2 gradients stay finite
+
+
+def apply_complex(
+    f: Callable[[Tensor], Tensor], m: Tensor, phi: Tensor, magnitude_bias: Tensor, phase_bias: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One complex layer for a bias-free real linear map ``f``.
+
+    psi = f(Re z) + i f(Im z); chi = f(|z|); m' = 0.5 (|psi| + b_m) + 0.5 (chi + b_m);
+    phi' = arg(psi) + b_phi. The three maps share one call of ``f`` on a 3x batch.
+    m, phi: (b, ...) real; returns (m', phi') before the norm and ReLU.
+    """
+    b = m.shape[0]
+    out = f(torch.cat([m * torch.cos(phi), m * torch.sin(phi), m], dim=0))
+    psi_re, psi_im, chi = out[:b], out[b : 2 * b], out[2 * b :]
+    psi_im = torch.where(psi_im.abs() < PHASE_EPS, torch.full_like(psi_im, PHASE_EPS), psi_im)
+    m_psi = torch.hypot(psi_re, psi_im)
+    return 0.5 * (m_psi + chi) + magnitude_bias, torch.atan2(psi_im, psi_re) + phase_bias
+
+
+def wrap_phase(m: Tensor, phi: Tensor) -> Tensor:
+    """arg(m e^{i phi}) in [-pi, pi), and 0 where m == 0 (as torch.angle of a zero)."""
+    wrapped = torch.remainder(phi + math.pi, 2 * math.pi) - math.pi
+    return torch.where(m > 0, wrapped, torch.zeros_like(wrapped))
+
+
+def _biases(n_out: int, fan_in: int, shape: tuple[int, ...]) -> tuple[nn.Parameter, nn.Parameter]:
+    bound = 1.0 / math.sqrt(fan_in)
+    magnitude_bias = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+    phase_bias = nn.Parameter(torch.zeros(shape))
+    return magnitude_bias, phase_bias
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow 'SAME' padding (before, after) for one spatial dimension."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class ComplexConv2d(nn.Module):
+    """Complex conv with TF-style SAME padding; ``upsample=True`` first repeats pixels x2 (nearest)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, upsample: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, bias=False)
+        self.kernel_size, self.stride, self.upsample = kernel_size, stride, upsample
+        self.magnitude_bias, self.phase_bias = _biases(out_ch, in_ch * kernel_size**2, (1, out_ch, 1, 1))
+
+    def _f(self, x: Tensor) -> Tensor:  # (3b, c, h, w)
+        ph = same_padding(x.shape[-2], self.kernel_size, self.stride)
+        pw = same_padding(x.shape[-1], self.kernel_size, self.stride)
+        if ph[0] == ph[1] and pw[0] == pw[1]:
+            return F.conv2d(x, self.conv.weight, None, self.stride, (ph[0], pw[0]))
+        return self.conv(F.pad(x, (pw[0], pw[1], ph[0], ph[1])))
+
+    def forward(self, m: Tensor, phi: Tensor) -> tuple[Tensor, Tensor]:
+        if self.upsample:
+            # Nearest upsampling of (m, phi) equals nearest upsampling of Re and Im.
+            m = F.interpolate(m, scale_factor=2, mode="nearest")
+            phi = F.interpolate(phi, scale_factor=2, mode="nearest")
+        return apply_complex(self._f, m, phi, self.magnitude_bias, self.phase_bias)
+
+
+class ComplexConvTranspose2d(nn.Module):
+    """Complex transposed conv (kernel 3, stride 2, padding 1, output padding 1): doubles h and w."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 2):
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(in_ch, out_ch, kernel_size, stride, padding=1, output_padding=1, bias=False)
+        # The paper's code takes the fan-in of a transposed conv as out_ch * k * k; kept for parity.
+        self.magnitude_bias, self.phase_bias = _biases(out_ch, out_ch * kernel_size**2, (1, out_ch, 1, 1))
+
+    def forward(self, m: Tensor, phi: Tensor) -> tuple[Tensor, Tensor]:
+        return apply_complex(self.conv, m, phi, self.magnitude_bias, self.phase_bias)
+
+
+class ComplexLinear(nn.Module):
+    """Complex fully connected layer on (b, d) pairs."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.fc = nn.Linear(in_features, out_features, bias=False)
+        self.magnitude_bias, self.phase_bias = _biases(out_features, in_features, (1, out_features))
+
+    def forward(self, m: Tensor, phi: Tensor) -> tuple[Tensor, Tensor]:
+        return apply_complex(self.fc, m, phi, self.magnitude_bias, self.phase_bias)
+
+
+class ComplexBlock(nn.Module):
+    """A complex layer, then norm (BatchNorm2d or LayerNorm) and ReLU on the magnitude."""
+
+    def __init__(self, layer: nn.Module, norm: nn.Module):
+        super().__init__()
+        self.layer, self.norm = layer, norm
+
+    def forward(self, m: Tensor, phi: Tensor) -> tuple[Tensor, Tensor]:
+        m, phi = self.layer(m, phi)
+        return F.relu(self.norm(m)), phi

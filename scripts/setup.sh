@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the project with the search layer and test tools.
+# torch 2.13.0 first: on these machines it is a local CPU wheel; a bare "torch" would pull CUDA.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "torch==2.13.0"
+.venv/bin/pip install -q -e ".[search,test]"
+.venv/bin/python -c "import torch, ray, mlflow, optuna, ctcae_core; print('setup ok: torch', torch.__version__, 'ray', ray.__version__, 'mlflow', mlflow.__version__)"

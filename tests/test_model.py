@@ -1,0 +1,118 @@
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ctcae_core.config import ContrastiveConfig, ModelConfig
+from ctcae_core.contrastive import contrastive_loss
+from ctcae_core.layers import ComplexConv2d, ComplexLinear, same_padding
+from ctcae_core.model import build_model
+
+TINY = dict(enc_channels=(4, 4, 8, 8, 8), enc_strides=(2, 1, 2, 1, 2), enc_kernels=(3,) * 5, linear_dim=8)
+LAST_PHASE_BIAS = "decoder.4.layer.phase_bias"  # only the output phases see it
+
+
+def _reference_layer(re, im, m_out_linear, mag_bias, phase_bias):
+    """Hand-written complex layer on already-applied real maps (numpy)."""
+    psi = re + 1j * im
+    m = 0.5 * (np.abs(psi) + mag_bias) + 0.5 * (m_out_linear + mag_bias)
+    return m, np.angle(psi) + phase_bias
+
+
+def test_complex_linear_matches_hand_computed_reference():
+    torch.manual_seed(0)
+    layer = ComplexLinear(3, 2)
+    with torch.no_grad():
+        layer.phase_bias.copy_(torch.tensor([[0.1, -0.2]]))
+    m = torch.rand(2, 3) + 0.1
+    phi = (torch.rand(2, 3) - 0.5) * 6
+    got_m, got_phi = layer(m, phi)
+    w = layer.fc.weight.detach().numpy().astype(np.float64)
+    z = m.numpy() * np.exp(1j * phi.numpy())
+    re, im, chi = z.real @ w.T, z.imag @ w.T, np.abs(z) @ w.T
+    ref_m, ref_phi = _reference_layer(re, im, chi, layer.magnitude_bias.detach().numpy(), layer.phase_bias.detach().numpy())
+    np.testing.assert_allclose(got_m.detach().numpy(), ref_m, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_phi.detach().numpy(), ref_phi, rtol=1e-5, atol=1e-6)
+
+
+def test_complex_conv_stride2_tf_same_padding_matches_loops():
+    torch.manual_seed(1)
+    conv = ComplexConv2d(2, 3, kernel_size=3, stride=2)
+    m = torch.rand(1, 2, 6, 6) + 0.1
+    phi = (torch.rand(1, 2, 6, 6) - 0.5) * 6
+    got_m, got_phi = conv(m, phi)
+    assert got_m.shape == (1, 3, 3, 3)
+    assert same_padding(6, 3, 2) == (0, 1)  # TF puts the odd pixel at the bottom/right
+    z = np.pad((m * torch.exp(1j * phi)).numpy()[0], ((0, 0), (0, 1), (0, 1)))  # (2, 7, 7)
+    w = conv.conv.weight.detach().numpy().astype(np.float64)  # (3, 2, 3, 3)
+    re = np.zeros((3, 3, 3)); im = np.zeros((3, 3, 3)); chi = np.zeros((3, 3, 3))
+    for o, y, x in itertools.product(range(3), range(3), range(3)):
+        patch = z[:, 2 * y : 2 * y + 3, 2 * x : 2 * x + 3]
+        re[o, y, x] = (w[o] * patch.real).sum()
+        im[o, y, x] = (w[o] * patch.imag).sum()
+        chi[o, y, x] = (w[o] * np.abs(patch)).sum()
+    ref_m, ref_phi = _reference_layer(re, im, chi, conv.magnitude_bias.detach().numpy()[0], 0.0)
+    np.testing.assert_allclose(got_m.detach().numpy()[0], ref_m, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_phi.detach().numpy()[0], ref_phi, rtol=1e-5, atol=1e-5)
+
+
+def test_magnitude_bias_init_range_and_zero_phase_bias():
+    conv = ComplexConv2d(16, 32, 3)
+    bound = 1 / math.sqrt(16 * 9)
+    assert conv.magnitude_bias.abs().max() <= bound and conv.magnitude_bias.abs().max() > bound / 2
+    assert torch.count_nonzero(conv.phase_bias) == 0
+
+
+@pytest.mark.parametrize("decoder,out_conv,out_sigmoid,contrastive", list(itertools.product(("upsample", "transpose"), (False, True), (False, True), (False, True))))
+def test_contract_every_variant(decoder, out_conv, out_sigmoid, contrastive):
+    torch.manual_seed(0)
+    cfg = ModelConfig(decoder=decoder, out_conv=out_conv, out_sigmoid=out_sigmoid, **TINY)
+    model = build_model(cfg, 32)
+    x = torch.rand(3, 3, 32, 32)
+    out = model(x)
+    assert out.recon.shape == out.out_magnitude.shape == out.out_phase.shape == (3, 3, 32, 32)
+    assert out.enc_magnitude.shape == (3, 8, 4, 4)
+    for t in out:
+        assert torch.isfinite(t).all()
+    assert out.out_phase.min() >= -math.pi and out.out_phase.max() < math.pi
+    if out_sigmoid:
+        assert (out.recon >= 0).all() and (out.recon <= 1).all()
+    loss = torch.nn.functional.mse_loss(out.recon, x)
+    if contrastive:
+        cc = ContrastiveConfig(weight=1e-4)
+        loss = loss + 1e-4 * contrastive_loss(out.enc_magnitude, out.enc_phase, out.out_magnitude, out.out_phase, cc, torch.Generator().manual_seed(0))
+    loss.backward()
+    no_grad = {n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)}
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    # Without a loss on the output phases, the last layer's phase bias cannot get a gradient.
+    assert no_grad == (set() if contrastive else {LAST_PHASE_BIAS})
+
+
+@pytest.mark.parametrize("resolution,strides", [(32, (2, 1, 2, 1, 2)), (64, (2, 1, 2, 1, 2, 1, 2)), (96, (2, 1, 2, 1, 2, 1, 2))])
+@pytest.mark.parametrize("decoder", ["upsample", "transpose"])
+def test_decoder_shapes_at_paper_resolutions(resolution, strides, decoder):
+    n = len(strides)
+    cfg = ModelConfig(enc_channels=(4,) * n, enc_strides=strides, enc_kernels=(3,) * n, linear_dim=8, decoder=decoder)
+    model = build_model(cfg, resolution)
+    out = model(torch.rand(2, 3, resolution, resolution))
+    assert out.recon.shape == (2, 3, resolution, resolution)
+    assert out.enc_magnitude.shape[-1] == resolution // 2 ** strides.count(2)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_any_batch_size(batch):
+    model = build_model(ModelConfig(**TINY), 32)
+    out = model(torch.rand(batch, 3, 32, 32))
+    assert out.recon.shape[0] == batch and torch.isfinite(out.recon).all()
+
+
+def test_zero_input_phase_and_background_pixels_keep_gradients_finite():
+    # Black images: every psi of the first layer is exactly 0 -> the arg() guard must hold.
+    model = build_model(ModelConfig(**TINY), 32)
+    x = torch.zeros(2, 3, 32, 32)
+    x[:, :, 8:16, 8:16] = 1.0
+    out = model(x)
+    torch.nn.functional.mse_loss(out.recon, x).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
