@@ -1,0 +1,439 @@
+"""Parquet dataset layout: shards, manifest, atomic writes, generation cache.
+
+A dataset directory holds ``{split}-{chunk:05d}.parquet`` shards (split in train,
+val, test), one row per image, and a ``manifest.json`` written last. Every file is
+written under a temporary name and renamed, so a killed writer leaves either
+complete shards or files that are not named like shards; a directory without a
+manifest is incomplete and is refused by the reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from .base import SceneBatch, chunk_rng
+
+FORMAT = "ctcae-dataset"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+VAL_FRACTION = 0.05
+MANIFEST = "manifest.json"
+
+
+class DatasetError(ValueError):
+    """A dataset directory or input file is missing, incomplete or malformed."""
+
+
+def n_val_for(n_train: int) -> int:
+    """Size of the validation hold-out carved from a train split of `n_train` images."""
+    return int(math.ceil(VAL_FRACTION * n_train)) if n_train >= 2 else 0
+
+
+# ---------------------------------------------------------------- atomic files
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_manifest(directory: Path, manifest: dict) -> None:
+    atomic_write_bytes(Path(directory) / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_manifest(directory: Path) -> dict:
+    """The manifest of a complete dataset directory, or a DatasetError saying why not."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DatasetError(f"{directory}: not a dataset directory (does not exist)")
+    path = directory / MANIFEST
+    if not path.exists():
+        shards = sorted(p.name for p in directory.glob("*.parquet"))
+        raise DatasetError(
+            f"{directory}: incomplete dataset, no {MANIFEST} "
+            f"({len(shards)} finished shards; generation or import was interrupted - rerun it)"
+        )
+    try:
+        m = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
+    if m.get("format") != FORMAT:
+        raise DatasetError(f"{path}: key 'format' is {m.get('format')!r}, expected {FORMAT!r}")
+    return m
+
+
+# ---------------------------------------------------------------- shards
+def _list_column(arr: np.ndarray, counts: np.ndarray) -> pa.Array:
+    """Per-object factor array (n, k, ...) -> list<...> column keeping the first count rows."""
+    n = arr.shape[0]
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum(counts)
+    keep = np.arange(arr.shape[1])[None, :] < counts[:, None]  # (n, k)
+    values = arr[keep]  # (sum counts, ...)
+    if values.ndim > 1:
+        inner = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+    else:
+        inner = pa.array(values)
+    return pa.ListArray.from_arrays(pa.array(offsets), inner)
+
+
+def batch_to_table(batch: SceneBatch, index: np.ndarray) -> pa.Table:
+    """One row per image: index, n_objects, image/label bytes, factor columns."""
+    n, h, w, _ = batch.images.shape
+    img = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(h * w * 3), n, [None, pa.py_buffer(np.ascontiguousarray(batch.images).tobytes())]
+    )
+    lab = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(h * w), n, [None, pa.py_buffer(np.ascontiguousarray(batch.labels.astype(np.int8)).tobytes())]
+    )
+    cols: dict[str, pa.Array] = {
+        "index": pa.array(index.astype(np.int64)),
+        "n_objects": pa.array(batch.n_objects.astype(np.int16)),
+        "image": img,
+        "labels": lab,
+    }
+    counts = batch.n_objects.astype(np.int64)
+    for key, val in sorted(batch.factors.items()):
+        if val.ndim == 1:
+            cols[f"factor_{key}"] = pa.array(val)
+        else:
+            cols[f"factor_{key}"] = _list_column(val, np.minimum(counts, val.shape[1]))
+    return pa.table(cols)
+
+
+def write_shard(path: Path, table: pa.Table) -> None:
+    """Write a Parquet shard under a temporary name, then rename it into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=max(1, min(table.num_rows, 4096)))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def shard_name(split: str, chunk: int) -> str:
+    return f"{split}-{chunk:05d}.parquet"
+
+
+def count_table(n_objects: np.ndarray) -> dict[str, int]:
+    vals, cnt = np.unique(np.asarray(n_objects), return_counts=True)
+    return {str(int(v)): int(c) for v, c in zip(vals, cnt)}
+
+
+def merge_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
+
+
+# ---------------------------------------------------------------- generation
+def generator_module(name: str):
+    """The generator module registered under `name`."""
+    from . import clevr_like, dsprites, tetrominoes
+
+    registry = {m.NAME: m for m in (tetrominoes, dsprites, clevr_like)}
+    if name not in registry:
+        raise DatasetError(f"unknown generated dataset {name!r}; known: {sorted(registry)}")
+    return registry[name]
+
+
+GENERATED_NAMES = ("tetrominoes", "multi_dsprites", "clevr_like")
+DEFAULT_N_TRAIN = 60000
+DEFAULT_N_TEST = 320
+
+
+def generate_dataset(
+    name: str,
+    out_dir: Path,
+    *,
+    n_train: int,
+    n_test: int,
+    seed: int = 0,
+    n_objects: tuple[int, int] | None = None,
+    progress: Callable[[int], None] | None = None,
+    workers: int = 1,
+) -> dict:
+    """Generate a dataset into `out_dir` (shards first, manifest last) and return its manifest.
+
+    Train images come from RNG stream 0 and test images from stream 1, chunk by chunk,
+    so the bytes depend only on (name, version, seed, n_objects) and the image index,
+    never on `workers`. The last ceil(5 %) of the train stream is stored as the val
+    split. Shards already finished by an interrupted run with the same spec are kept.
+    """
+    mod = generator_module(name)
+    rng_objects = tuple(int(v) for v in (n_objects or mod.DEFAULT_OBJECTS))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "name": name,
+        "version": mod.VERSION,
+        "seed": int(seed),
+        "n_objects": list(rng_objects),
+        "n_train": int(n_train),
+        "n_test": int(n_test),
+        "chunk": mod.CHUNK,
+    }
+    spec_path = out_dir / ".spec.json"
+    resume = spec_path.exists() and json.loads(spec_path.read_text()) == spec
+    if not resume:
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        for old in list(out_dir.glob("*.parquet")):
+            old.unlink()
+        atomic_write_bytes(spec_path, json.dumps(spec, sort_keys=True).encode())
+    n_val = n_val_for(n_train)
+    tasks = [
+        (name, str(out_dir), int(seed), stream, chunk, total, n_train - n_val, rng_objects)
+        for stream, total in ((0, int(n_train)), (1, int(n_test)))
+        for chunk in range(int(math.ceil(total / mod.CHUNK)))
+    ]
+    splits: dict[str, dict] = {s: {"n": 0, "counts": {}, "shards": []} for s in SPLITS}
+    if workers > 1 and len(tasks) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: the caller may hold torch / Ray threads
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = pool.map(_generate_chunk, tasks)
+            done = []
+            for res in results:
+                done.append(res)
+                if progress is not None:
+                    progress(sum(len(v) for _, v in res))
+    else:
+        done = []
+        for task in tasks:
+            res = _generate_chunk(task)
+            done.append(res)
+            if progress is not None:
+                progress(sum(len(v) for _, v in res))
+    for res in done:
+        for shard, n_obj in res:
+            _account(splits[shard.split("-")[0]], shard, n_obj)
+    h = w = mod.SIZE
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "kind": "generated",
+        "height": h,
+        "width": w,
+        "resolution": [h, w],
+        "generator": {**spec, "module": mod.__name__},
+        "seed": int(seed),
+        "generator_version": mod.VERSION,
+        "splits": splits,
+        "counts": merge_counts(merge_counts(splits["train"]["counts"], splits["val"]["counts"]), splits["test"]["counts"]),
+        "created_unix": int(time.time()),
+    }
+    write_manifest(out_dir, manifest)
+    spec_path.unlink(missing_ok=True)
+    return manifest
+
+
+def _generate_chunk(task: tuple) -> list[tuple[str, np.ndarray]]:
+    """Generate and write one chunk (skipped when its shards exist); [(shard, n_objects)]."""
+    name, out_dir, seed, stream, chunk, total, n_fit, rng_objects = task
+    mod = generator_module(name)
+    start = chunk * mod.CHUNK
+    stop = min(total, start + mod.CHUNK)
+    index = np.arange(start, stop)
+    if stream == 0:
+        parts = [("train", index < n_fit), ("val", index >= n_fit)]
+    else:
+        parts = [("test", np.ones(index.size, dtype=bool))]
+    parts = [(s, m) for s, m in parts if m.any()]
+    paths = [Path(out_dir) / shard_name(s, chunk) for s, _ in parts]
+    if all(p.exists() for p in paths):  # finished by an interrupted run of the same spec
+        return [(p.name, pq.read_table(p, columns=["n_objects"]).column("n_objects").to_numpy()) for p in paths]
+    batch = mod.generate(stop - start, chunk_rng(seed, stream, chunk), rng_objects)
+    out = []
+    for (_, m), p in zip(parts, paths):
+        sub = batch.take(np.nonzero(m)[0])
+        write_shard(p, batch_to_table(sub, index[m]))
+        out.append((p.name, sub.n_objects))
+    return out
+
+
+def _account(entry: dict, shard: str, n_objects: np.ndarray) -> None:
+    entry["n"] += int(len(n_objects))
+    entry["counts"] = merge_counts(entry["counts"], count_table(n_objects))
+    entry["shards"].append(shard)
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("CTCAE_DATA_CACHE", "")
+    return Path(env) if env else Path.home() / ".cache" / "ctcae"
+
+
+def cache_key(name: str, *, n_train: int, n_test: int, seed: int, n_objects: tuple[int, int] | None) -> str:
+    mod = generator_module(name)
+    lo, hi = n_objects or mod.DEFAULT_OBJECTS
+    return f"{name}-v{mod.VERSION}-seed{seed}-obj{lo}_{hi}-train{n_train}-test{n_test}"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock (released by the OS if the holder dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_generated(
+    name: str,
+    *,
+    n_train: int,
+    n_test: int,
+    seed: int = 0,
+    n_objects: tuple[int, int] | None = None,
+    cache_dir: Path | str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Directory of the cached dataset for this spec, generating it on first use.
+
+    Processes that ask for the same spec at once serialise on a lock file: one
+    generates, the others wait and then read the finished directory.
+    """
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    key = cache_key(name, n_train=n_train, n_test=n_test, seed=seed, n_objects=n_objects)
+    target = root / "generated" / key
+    if (target / MANIFEST).exists():
+        return target
+    with file_lock(root / "generated" / f".{key}.lock"):
+        if not (target / MANIFEST).exists():
+            generate_dataset(name, target, n_train=n_train, n_test=n_test, seed=seed, n_objects=n_objects, progress=progress)
+    return target
+
+
+# ---------------------------------------------------------------- imported datasets
+@contextlib.contextmanager
+def staging_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary sibling of `out_dir`, renamed to it on success, removed on failure."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise DatasetError(f"{out_dir}: already exists (pass overwrite to replace it)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+# ---------------------------------------------------------------- reading
+def parse_n_objects(spec: object) -> pc.Expression | None:
+    """Filter on n_objects: None, an int, a sequence of ints, or a string such as
+    "<=4", ">=5", "<3", "5", "5,6", "1-4" ("" means no filter)."""
+    field = pc.field("n_objects")
+    if spec is None:
+        return None
+    if isinstance(spec, (bool, np.bool_)):
+        raise DatasetError(f"n_objects filter: expected int, sequence of ints or string, got {spec!r}")
+    if isinstance(spec, (int, np.integer)):
+        return field == int(spec)
+    if isinstance(spec, (list, tuple, set, frozenset, np.ndarray)):
+        vals = sorted({int(v) for v in spec})
+        if not vals:
+            return None
+        return field.isin(vals)
+    if isinstance(spec, str):
+        s = spec.replace(" ", "")
+        if s == "":
+            return None
+        try:
+            for op in ("<=", ">=", "==", "<", ">"):
+                if s.startswith(op):
+                    v = int(s[len(op) :])
+                    return {"<=": field <= v, ">=": field >= v, "==": field == v, "<": field < v, ">": field > v}[op]
+            if "," in s:
+                return field.isin(sorted({int(v) for v in s.split(",") if v}))
+            if "-" in s[1:]:
+                a, b = s.split("-", 1)
+                return (field >= int(a)) & (field <= int(b))
+            return field == int(s)
+        except ValueError:
+            pass
+    raise DatasetError(
+        f"n_objects filter {spec!r}: expected an int, a list of ints or a string like '<=4', '>=5', '5', '5,6', '1-4'"
+    )
+
+
+def read_split(
+    directory: Path, split: str, n_objects: object = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Decode one split: images (n, h, w, 3) uint8, labels (n, h, w) int8,
+    n_objects (n,) int64, index (n,) int64, manifest."""
+    if split not in SPLITS:
+        raise DatasetError(f"split {split!r}: expected one of {list(SPLITS)}")
+    directory = Path(directory)
+    m = read_manifest(directory)
+    files = [directory / f for f in m["splits"].get(split, {}).get("shards", [])]
+    h, w = int(m["height"]), int(m["width"])
+    for f in files:
+        if not f.exists():
+            raise DatasetError(f"{f}: shard listed in {directory / MANIFEST} is missing")
+    expr = parse_n_objects(n_objects)
+    if not files:
+        return (np.zeros((0, h, w, 3), np.uint8), np.zeros((0, h, w), np.int8), np.zeros(0, np.int64), np.zeros(0, np.int64), m)
+    ds = pads.dataset([str(f) for f in files], format="parquet")
+    table = ds.to_table(columns=["index", "n_objects", "image", "labels"], filter=expr)
+    order = np.argsort(table.column("index").to_numpy(), kind="stable")
+    if not np.all(order[:-1] < order[1:]):
+        table = table.take(pa.array(order))
+    n = table.num_rows
+    images = _fixed_binary_to_numpy(table.column("image"), h * w * 3).reshape(n, h, w, 3)
+    labels = _fixed_binary_to_numpy(table.column("labels"), h * w).view(np.int8).reshape(n, h, w)
+    n_obj = table.column("n_objects").to_numpy().astype(np.int64)
+    index = table.column("index").to_numpy().astype(np.int64)
+    return images, labels, n_obj, index, m
+
+
+def _fixed_binary_to_numpy(col: pa.ChunkedArray, width: int) -> np.ndarray:
+    """FixedSizeBinary column -> (n * width,) uint8 without per-row Python work."""
+    parts = []
+    for chunk in col.chunks:
+        if len(chunk) == 0:
+            continue
+        buf = chunk.buffers()[1]
+        arr = np.frombuffer(buf, dtype=np.uint8, count=(chunk.offset + len(chunk)) * width)
+        parts.append(arr[chunk.offset * width :])
+    if not parts:
+        return np.zeros(0, dtype=np.uint8)
+    return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
