@@ -1,0 +1,81 @@
+"""Time of one training step and peak RSS, per variant, each in a fresh process.
+
+Defaults are the paper's settings: batch 64, 32x32 Tetrominoes, the paper's architecture.
+Prints one JSON line: {"cae": {"step_s": .., "peak_rss_mb": ..}, "caepp": {...}, "ctcae": {...}, ...}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import median_time, peak_rss_mb, run_child, tetromino_batch  # noqa: E402
+
+
+def child(args: argparse.Namespace) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from ctcae_core.config import get_profile
+    from ctcae_core.contrastive import contrastive_loss
+    from ctcae_core.model import build_model
+
+    cfg = get_profile(f"{args.variant}_tetrominoes{args.suffix}")
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 32).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    batch, _ = tetromino_batch(args.batch_size)
+    images = batch["image"].to(device)
+    gen = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        out = model(images)
+        loss = F.mse_loss(out.recon, images)
+        if cfg.contrastive.enabled:
+            loss = loss + cfg.contrastive.weight * contrastive_loss(
+                out.enc_magnitude, out.enc_phase, out.out_magnitude, out.out_phase, cfg.contrastive, gen
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    med, times = median_time(step, args.repeats, warmup=1)
+    res = {"step_s": round(med, 4), "times": [round(t, 4) for t in times], "peak_rss_mb": round(peak_rss_mb(), 1),
+           "threads": torch.get_num_threads(), "profile": cfg.name}
+    if device.type == "cuda":
+        res["gpu"] = torch.cuda.get_device_name()
+        res["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--variants", nargs="+", default=["cae", "caepp", "ctcae"])
+    p.add_argument("--suffix", default="", help="profile suffix, e.g. _small")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--variant", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    out = {}
+    for v in args.variants:
+        out[v] = run_child(__file__, ["--variant", v, "--suffix", args.suffix, "--batch-size", str(args.batch_size),
+                                      "--repeats", str(args.repeats), "--device", args.device])
+        print(f"{v}: {out[v]}", file=sys.stderr, flush=True)
+    if "ctcae" in out and "caepp" in out:
+        out["ctcae_over_caepp"] = round(out["ctcae"]["step_s"] / out["caepp"]["step_s"], 3)
+    out["settings"] = {"batch_size": args.batch_size, "resolution": 32, "suffix": args.suffix, "device": args.device}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
