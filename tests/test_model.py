@@ -116,3 +116,17 @@ def test_zero_input_phase_and_background_pixels_keep_gradients_finite():
     out = model(x)
     torch.nn.functional.mse_loss(out.recon, x).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_upsample_conv_without_forming_the_upsampled_map_equals_explicit_upsampling():
+    torch.manual_seed(3)
+    conv = ComplexConv2d(5, 4, 3, 1, upsample=True)
+    x = torch.randn(3, 5, 6, 7)
+    explicit = conv._f(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+    torch.testing.assert_close(conv._f_upsampled(x), explicit, rtol=1e-5, atol=1e-5)
+    m, phi = torch.rand(2, 5, 4, 4), torch.rand(2, 5, 4, 4) * 6 - 3
+    up = lambda t: torch.nn.functional.interpolate(t, scale_factor=2, mode="nearest")  # noqa: E731
+    ref = ComplexConv2d(5, 4, 3, 1)
+    ref.load_state_dict(conv.state_dict())
+    for got, want in zip(conv(m, phi), ref(up(m), up(phi))):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
