@@ -20,12 +20,21 @@ import torch.nn.functional as F
 from ctcae_core.config import ContrastiveConfig
 
 Tensor = torch.Tensor
+DIST_BLOCK = 1 << 20  # elements of the distance block mined at once
 
 
 class Pairs(NamedTuple):
     anchors: Tensor  # (A,) anchor positions
-    positives: Tensor  # (b, A, P) positions
-    negatives: Tensor  # (b, A, N) positions
+    index: Tensor  # (b, A, P + N) positions: the P positives, then the N negatives
+    n_positives: int
+
+    @property
+    def positives(self) -> Tensor:  # (b, A, P)
+        return self.index[:, :, : self.n_positives]
+
+    @property
+    def negatives(self) -> Tensor:  # (b, A, N)
+        return self.index[:, :, self.n_positives :]
 
 
 def to_patches(x: Tensor, patch: int) -> Tensor:
@@ -62,13 +71,20 @@ def mine_pairs(
     with torch.no_grad():
         anchors = _sample(n, n_anchors, generator, addresses.device)  # (A,)
         unit = unit_vectors(addresses)
-        dist = (1.0 - torch.einsum("bda,bdn->ban", unit[:, :, anchors], unit)).clamp_min_(0.0)  # (b, A, n)
+        anchor_unit = unit[:, :, anchors].transpose(1, 2)  # (b, A, d)
         pos_ranks = 1 + _sample(top_k, n_positives, generator, addresses.device)
         neg_ranks = n - bottom_m + _sample(bottom_m, n_negatives, generator, addresses.device)
-        order = rank_positions(dist, anchors)
-        positives = order[:, :, pos_ranks]
-        negatives = order[:, :, neg_ranks]
-    return Pairs(anchors, positives, negatives)
+        ranks = torch.cat([pos_ranks, neg_ranks])
+        # A few images at a time keeps the (images, A, n) distance block near 4 MB.
+        chunk = max(1, DIST_BLOCK // (len(anchors) * n))
+        picked = []
+        for i in range(0, b, chunk):
+            u, ua = unit[i : i + chunk], anchor_unit[i : i + chunk]
+            ones = u.new_ones(1, 1, 1).expand(u.shape[0], len(anchors), n)
+            dist = torch.baddbmm(ones, ua, u, alpha=-1.0).clamp_min_(0.0)  # 1 - cos similarity
+            picked.append(positions_at_ranks(dist, anchors, ranks))
+        picked = torch.cat(picked)
+    return Pairs(anchors, picked, n_positives)
 
 
 def unit_vectors(x: Tensor, eps: float = 1e-12) -> Tensor:
@@ -76,28 +92,28 @@ def unit_vectors(x: Tensor, eps: float = 1e-12) -> Tensor:
     return x / x.square().sum(dim=1, keepdim=True).clamp_min(eps * eps).sqrt()
 
 
-def rank_positions(dist: Tensor, anchors: Tensor) -> Tensor:
-    """Positions of each row sorted by distance, the anchor itself first.
+def positions_at_ranks(dist: Tensor, anchors: Tensor, ranks: Tensor) -> Tensor:
+    """Positions at the given ranks of each row sorted by distance, the row's anchor at rank 0.
 
-    dist: (b, A, n) non-negative. On CUDA a plain argsort. On the CPU the position is packed into
-    the low bits of the distance's float bits and the int32 keys are sorted by numpy's SIMD sort,
-    several times faster than torch's argsort there; distances equal to within a relative 2^-(23 -
+    dist: (b, A, n) non-negative, modified in place on the CPU; ranks: (R,). Returns (b, A, R).
+    On CUDA a plain argsort. On the CPU the position is packed into the low bits of the
+    distance's float bits and the int32 keys are sorted by numpy's SIMD sort, several times
+    faster than torch's argsort there; distances equal to within a relative 2^-(23 -
     ceil(log2 n)) (1.2e-4 at n = 1024) are then ordered by position.
     """
     b, n_a, n = dist.shape
+    anchor_idx = anchors.view(1, -1, 1).expand(b, -1, 1)
     if dist.is_cuda:
-        dist = dist.scatter(2, anchors.view(1, -1, 1).expand(b, -1, 1), -1.0)
-        return torch.argsort(dist, dim=2)
+        order = torch.argsort(dist.scatter(2, anchor_idx, -1.0), dim=2)
+        return order[:, :, ranks]
     bits = max(1, (n - 1).bit_length())
-    keys = dist.contiguous().view(torch.int32) & ~((1 << bits) - 1)
+    keys = dist.contiguous().view(torch.int32)
+    keys &= ~((1 << bits) - 1)
     keys |= torch.arange(n, dtype=torch.int32)
     # A negative key sorts first; its low bits still hold the anchor's position.
-    anchor_keys = (anchors.to(torch.int32) - (1 << bits)).view(1, -1, 1).expand(b, -1, 1)
-    keys.scatter_(2, anchors.view(1, -1, 1).expand(b, -1, 1), anchor_keys)
-    keys = torch.from_numpy(np.sort(keys.numpy(), axis=2))
-    return (keys & ((1 << bits) - 1)).long()
-
-
+    keys.scatter_(2, anchor_idx, (anchors.to(torch.int32) - (1 << bits)).view(1, -1, 1).expand(b, -1, 1))
+    picked = np.sort(keys.numpy(), axis=2)[:, :, ranks.numpy()]
+    return torch.from_numpy(picked & ((1 << bits) - 1)).long()
 
 
 def soft_target_infonce(features: Tensor, pairs: Pairs, temperature: float) -> Tensor:
@@ -106,13 +122,17 @@ def soft_target_infonce(features: Tensor, pairs: Pairs, temperature: float) -> T
     features: (b, d, n) phase vectors. Logits = cos-similarity / temperature.
     """
     b, d, _ = features.shape
-    a_feat = unit_vectors(features[:, :, pairs.anchors])  # (b, d, A)
-    idx = torch.cat([pairs.positives, pairs.negatives], dim=2)  # (b, A, P + N)
+    ft = features.transpose(1, 2).contiguous()  # (b, n, d): channel vectors contiguous
+    idx = pairs.index  # (b, A, P + N)
     n_a, n_k = idx.shape[1], idx.shape[2]
-    gathered = torch.gather(features, 2, idx.reshape(b, 1, n_a * n_k).expand(b, d, n_a * n_k))
-    p_feat = unit_vectors(gathered.view(b, d, n_a, n_k))
-    logits = torch.einsum("bda,bdak->bak", a_feat, p_feat) / temperature
-    n_pos = pairs.positives.shape[2]
+    pair_feat = torch.gather(ft, 1, idx.reshape(b, n_a * n_k, 1).expand(b, n_a * n_k, d)).view(b, n_a, n_k, d)
+    anchor_feat = ft[:, pairs.anchors]  # (b, A, d)
+    dots = (pair_feat @ anchor_feat.unsqueeze(-1)).squeeze(-1)  # (b, A, P + N)
+    # cosine similarity without materialising normalised copies of the pair features
+    norms = torch.linalg.vector_norm(pair_feat, dim=-1).clamp_min(1e-12)
+    anchor_norm = torch.linalg.vector_norm(anchor_feat, dim=-1, keepdim=True).clamp_min(1e-12)
+    logits = dots / (norms * anchor_norm) / temperature
+    n_pos = pairs.n_positives
     log_p = F.log_softmax(logits, dim=2)
     return -(log_p[:, :, :n_pos].sum(dim=2) / n_pos).mean()
 

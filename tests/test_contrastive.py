@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ctcae_core.config import ContrastiveConfig
-from ctcae_core.contrastive import Pairs, contrastive_loss, mine_pairs, rank_positions, soft_target_infonce, to_patches
+from ctcae_core.contrastive import Pairs, contrastive_loss, mine_pairs, positions_at_ranks, soft_target_infonce, to_patches
 
 
 def _angles_map(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,19 +42,20 @@ def test_mining_exact_when_all_of_top_k_and_bottom_m_taken():
         assert set(pairs.negatives[0, a_i].tolist()) == set(order[-3:])
 
 
-def test_rank_positions_equals_argsort_on_separated_distances():
+def test_positions_at_ranks_equals_argsort_on_separated_distances():
     g = torch.Generator().manual_seed(0)
     dist = torch.randperm(2 * 300, generator=g)[:300].float().div(300).view(1, 1, 300).repeat(2, 4, 1)
     anchors = torch.tensor([3, 50, 7, 299])
-    got = rank_positions(dist, anchors)
     ref = torch.argsort(dist.scatter(2, anchors.view(1, -1, 1).expand(2, -1, 1), -1.0), dim=2)
-    assert torch.equal(got, ref)
+    ranks = torch.tensor([0, 1, 2, 150, 298, 299])
+    got = positions_at_ranks(dist.clone(), anchors, ranks)
+    assert torch.equal(got, ref[:, :, ranks])
     assert torch.equal(got[:, :, 0], anchors.expand(2, -1))
 
 
 def test_loss_lower_when_positives_share_the_anchor_phase():
     b, d, n = 2, 3, 12
-    pairs = Pairs(torch.tensor([0, 1]), torch.tensor([[[2], [3]]] * b), torch.tensor([[[4, 5, 6], [7, 8, 9]]] * b))
+    pairs = Pairs(torch.tensor([0, 1]), torch.tensor([[[2, 4, 5, 6], [3, 7, 8, 9]]] * b), 1)
     phase = torch.randn(b, d, n, generator=torch.Generator().manual_seed(0))
     aligned = phase.clone()
     aligned[:, :, 2], aligned[:, :, 3] = phase[:, :, 0], phase[:, :, 1]  # positives = anchors' phases
@@ -75,7 +76,7 @@ def test_loss_lower_when_positives_share_the_anchor_phase():
 
 
 def test_soft_targets_share_mass_among_positives():
-    pairs = Pairs(torch.tensor([0]), torch.tensor([[[1, 2]]]), torch.tensor([[[3]]]))
+    pairs = Pairs(torch.tensor([0]), torch.tensor([[[1, 2, 3]]]), 2)
     feats = torch.tensor([[[1.0, 1.0, -1.0, 0.5], [0.2, 0.2, 0.3, 0.9]]])  # (1, 2, 4)
     unit = torch.nn.functional.normalize(feats[0], dim=0)
     logits = (unit[:, 0] @ unit[:, 1:]) / 0.1
