@@ -148,7 +148,11 @@ def fit(
         start_step, best, history = payload["step"], payload["best"], payload["history"]
     net: torch.nn.Module = model
     if distributed:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # Without a loss on the output phases the last layer's phase bias gets no gradient.
+        phases_in_loss = config.contrastive.enabled and config.contrastive.layers in ("both", "decoder")
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=not phases_in_loss
+        )
 
     train_ds, val_ds = open_splits(config)
     if len(train_ds) < tc.batch_size:
