@@ -1,0 +1,254 @@
+"""Run a study: ``python search/run.py --space ablations/arch.yaml``.
+
+The top Ray layer: a ``Tuner`` over the per-trial driver (search/trainable.py) with Optuna as the
+searcher (TPE, random or grid, stored in SQLite or any SQLAlchemy URL, one study per study name),
+ASHA as the optional scheduler (budget in training steps), and an MLflow parent run per study
+with one child run per trial (search/tracking.py). Ctrl-C leaves a study that ``--resume``
+completes. At the end a table of the best trials is printed and written as CSV and Parquet next
+to the Ray results.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+# `python search/run.py` puts search/ (not the repo) first on sys.path: swap it for the repo root so that
+# the siblings import as `search.*`, the same names the Ray workers unpickle them by.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from search.space import Study, StudyError, load_study  # noqa: E402
+from search.tracking import TrackingError, check_tracking_uri, default_tracking_uri  # noqa: E402
+
+EXIT_INTERRUPTED = 130
+TRAIN_ENV_DEFAULTS = {
+    # the Train controller notices a finished (or dead) worker group within 0.5 s instead of 2 s
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # a busy machine can take more than the default 60 s to start a worker group
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--space", required=True, help="study file (ablations/*.yaml)")
+    p.add_argument("--name", help="study name (default: the file's `name`, else its stem)")
+    p.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
+    p.add_argument("--max-concurrent", type=int, help="concurrent trials (overrides search.max_concurrent)")
+    p.add_argument("--address", help="join a running Ray cluster ('auto' or host:port); default: start a local one")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored with --address)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment (default: the study name)")
+    p.add_argument("--storage", help="where Ray keeps results (shared storage on a cluster; default ./ray_results)")
+    p.add_argument(
+        "--optuna-storage",
+        help="SQLAlchemy URL of the Optuna storage (default: $CTCAE_OPTUNA_STORAGE or sqlite:///<storage>/optuna.db)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    p.add_argument("--smoke-test", action="store_true", help="tiny model, few steps, at most 4 trials")
+    p.add_argument("--top", type=int, default=10, help="rows of the final table to print (default 10)")
+    return p.parse_args(argv)
+
+
+def configure(args: argparse.Namespace) -> Study:
+    """The validated study with command-line overrides applied (raises StudyError)."""
+    from dataclasses import replace
+
+    study = load_study(args.space, smoke=args.smoke_test)
+    search = study.search
+    if args.num_samples is not None:
+        if args.num_samples < 1:
+            raise StudyError(f"--num-samples: must be >= 1, got {args.num_samples}")
+        if search.algorithm == "grid" and args.num_samples > len(study.grid_points()):
+            raise StudyError(f"--num-samples: {args.num_samples} exceeds the {len(study.grid_points())} grid points")
+        search = replace(search, num_samples=args.num_samples)
+    if args.max_concurrent is not None:
+        if args.max_concurrent < 1:
+            raise StudyError(f"--max-concurrent: must be >= 1, got {args.max_concurrent}")
+        search = replace(search, max_concurrent=args.max_concurrent)
+    name = args.name or study.name
+    return replace(study, name=name, search=search)
+
+
+def optuna_storage_url(args: argparse.Namespace, storage: str) -> str:
+    url = args.optuna_storage or os.environ.get("CTCAE_OPTUNA_STORAGE")
+    if url:
+        return url
+    if "://" in storage:
+        raise StudyError("--storage is a URI: give the Optuna storage with --optuna-storage or CTCAE_OPTUNA_STORAGE")
+    return f"sqlite:///{Path(storage) / 'optuna.db'}"
+
+
+def build_searcher(study: Study, url: str) -> Any:
+    """OptunaSearch over the study's define-by-run space, stored at ``url`` under the study name."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    obj = study.objective
+    return OptunaSearch(
+        space=study.sample,
+        metric=list(obj.metrics) if obj.multi else obj.metric,
+        mode=list(obj.modes) if obj.multi else obj.mode,
+        sampler=study.optuna_sampler(),
+        study_name=study.name,
+        storage=optuna.storages.RDBStorage(url),
+    )
+
+
+def build_scheduler(study: Study) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = study.scheduler
+    if s.type == "none":
+        return FIFOScheduler()
+    # stop_last_trials=False: a trial that reaches max_t finishes normally (and gets its test evaluation)
+    return ASHAScheduler(
+        time_attr="step",
+        metric=s.metric,
+        mode=s.mode,
+        # rungs lie below the budget: a trial that trains to max_t is never cut at its last evaluation
+        max_t=max(s.max_t - 1, s.grace_period),
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+        stop_last_trials=False,
+    )
+
+
+def optuna_study_exists(url: str, name: str) -> bool:
+    import optuna
+
+    try:
+        return name in {s.study_name for s in optuna.study.get_all_study_summaries(optuna.storages.RDBStorage(url))}
+    except Exception:  # noqa: BLE001 - a new storage has no tables yet
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    t_start = time.time()
+    study = configure(args)
+    uri = args.tracking_uri or default_tracking_uri()
+    check_tracking_uri(uri)
+    storage = args.storage or str(Path.cwd() / "ray_results")
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    exp_path = f"{storage.rstrip('/')}/{study.name}"
+    times_path = f"{exp_path}/trial_times.json"
+    optuna_url = optuna_storage_url(args, storage)
+
+    import ray
+    from ray import tune
+
+    from search.results import TrialClock, format_table, read_trial_times, results_table, trial_status, write_table
+    from search.tracking import MlflowStudyCallback, Tracker, git_commit
+    from search.trainable import TrialRuntime, run_trial
+
+    restorable = tune.Tuner.can_restore(exp_path)
+    if args.resume and not restorable:
+        raise StudyError(f"--resume: no study {study.name!r} to resume at {exp_path}")
+    if not args.resume:
+        if restorable:
+            raise StudyError(f"study {study.name!r} already exists at {exp_path}; pass --resume or another --name")
+        if optuna_study_exists(optuna_url, study.name):
+            raise StudyError(f"Optuna study {study.name!r} already exists in {optuna_url}; pass --resume or another --name")
+
+    env_vars = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    for key, value in TRAIN_ENV_DEFAULTS.items():  # reach each trial's Train controller and workers
+        env_vars[key] = os.environ.get(key, value)
+    runtime_env = {"env_vars": env_vars}
+    if args.address:
+        ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, runtime_env=runtime_env)
+    address = ray.get_runtime_context().gcs_address
+
+    tracker = Tracker(uri, args.experiment or study.name)
+    parent = tracker.start_parent(
+        study.name,
+        exp_path,
+        {"ctcae.git_commit": git_commit(ROOT), "mlflow.source.git.commit": git_commit(ROOT), "ctcae.ray_address": address,
+         "ctcae.storage": exp_path, "ctcae.optuna_storage": optuna_url, "ctcae.smoke_test": str(study.smoke)},
+        resume=args.resume,
+    )
+    if not args.resume:
+        import yaml
+
+        tracker.log_text(parent, study.text, f"study/{Path(study.path).name}")
+        tracker.log_text(parent, yaml.safe_dump(study.base.to_dict(), sort_keys=False), "study/base_config.yaml")
+        tracker.log_params(parent, {"profile": study.profile, "algorithm": study.search.algorithm,
+                                    "num_samples": study.search.num_samples, "searched": ",".join(study.keys),
+                                    "objective": ",".join(f"{m}:{o}" for m, o in zip(study.objective.metrics, study.objective.modes))})
+    print(f"[ctcae] study {study.name}: {study.search.num_samples} trials ({study.search.algorithm}), "
+          f"Ray {address}, MLflow {uri} (parent run {parent}), results {exp_path}", flush=True)
+
+    runtime = TrialRuntime(study=study, train_storage=f"{exp_path}/train_runs", metric=study.objective.metric,
+                           mode=study.objective.mode)
+    # The trial driver only waits on its TorchTrainer: it holds no CPU, the workers do (a token
+    # byte of memory, because Tune refuses an all-zero resource request).
+    trainable = tune.with_resources(tune.with_parameters(run_trial, runtime=runtime), {"CPU": 0, "memory": 1})
+    if args.resume:
+        tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=build_searcher(study, optuna_url),
+                scheduler=build_scheduler(study),
+                num_samples=study.search.num_samples,
+                max_concurrent_trials=study.search.max_concurrent,
+                # Reuse the trial driver process (and its imports) for the next trial; not with a
+                # scheduler: an early-stopped driver is still blocked in TorchTrainer.fit(), and
+                # Tune would fail the next trial when it cannot reset that actor.
+                reuse_actors=study.scheduler.type == "none",
+            ),
+            run_config=tune.RunConfig(
+                name=study.name,
+                storage_path=storage,
+                callbacks=[MlflowStudyCallback(uri, args.experiment or study.name, parent, study), TrialClock(times_path)],
+                failure_config=tune.FailureConfig(max_failures=0),  # Train retries workers; a failed trial stays failed
+            ),
+        )
+    results = tuner.fit()
+    trials = results._experiment_analysis.trials
+    statuses = [trial_status(t) for t in trials]
+    complete = len(trials) >= study.search.num_samples and "interrupted" not in statuses
+
+    df = results_table(trials, study, read_trial_times(times_path) if "://" not in times_path else {})
+    if "://" not in exp_path:
+        csv, parquet = write_table(df, Path(exp_path))
+        print(f"[ctcae] results table: {csv} and {parquet}")
+    print(format_table(df, args.top))
+    wall = time.time() - t_start
+    counts = {s: statuses.count(s) for s in sorted(set(statuses))}
+    print(f"[ctcae] study {study.name}: {counts}, wall time {wall:.1f} s", flush=True)
+    if "overhead_s" in df and df["overhead_s"].notna().any():
+        o = df["overhead_s"].dropna()
+        print(f"[ctcae] per-trial overhead (trial wall time - training time): mean {o.mean():.1f} s, "
+              f"min {o.min():.1f} s, max {o.max():.1f} s over {len(o)} trials", flush=True)
+    tracker.log_metrics(parent, {"study_wall_s": wall, "n_trials": len(trials), **{f"n_{k}": v for k, v in counts.items()}}, 0)
+    if complete:
+        tracker.end(parent, "FINISHED")
+        return 0
+    tracker.end(parent, "KILLED", f"interrupted after {len(trials)} trials; continue with --resume")
+    print(f"[ctcae] study interrupted; continue with: python search/run.py --space {args.space} --resume"
+          + (f" --name {study.name}" if args.name else ""), flush=True)
+    return EXIT_INTERRUPTED
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (StudyError, TrackingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,617 @@
+"""Study files (``ablations/*.yaml``): one schema, parsed and validated in full before Ray starts.
+
+Schema (every section but ``base`` and ``space`` is optional; unknown keys are errors)::
+
+    name: arch                       # study name (default: the file's stem); one Optuna study per name
+    description: free text
+    base:
+      profile: ctcae_tetrominoes_small   # a ctcae_core.config profile (see list_profiles())
+      overrides:                          # dotted ExperimentConfig keys -> values
+        train.steps: 2000
+    data:                            # shorthand for data.* overrides (any DataConfig field)
+      dataset: tetrominoes           # generated name or dataset directory
+      resolution: 32
+      train_n_objects: "<=4"         # object-count filter for training ("" = all)
+      test_n_objects: [5, 6]         # object counts also evaluated separately at test time
+    space:                           # dotted ExperimentConfig keys -> one distribution each
+      model.decoder: {choice: [upsample, transpose]}   # categorical
+      model.out_sigmoid: {grid: [false, true]}         # grid axis (search.algorithm: grid only)
+      train.lr: {loguniform: [1.0e-4, 1.0e-3]}         # float, log scale, low > 0
+      contrastive.temperature: {uniform: [0.02, 0.2], step: 0.01}   # float (step optional)
+      contrastive.dec_anchors: {int: [20, 100], step: 10}           # int, inclusive (log: true optional)
+      contrastive.weight: {grid: [0.0, 1.0e-4]}
+      contrastive.dec_top_k:
+        choice: [3, 5]
+        when: {contrastive.weight: {gt: 0}}   # condition: sampled only if it holds, else base value
+    objective:                       # one metric ...
+      metric: val_ari_fg
+      mode: max
+      # ... or several (multi-objective study):  metrics: [{metric: val_ari_fg, mode: max},
+      #                                                   {metric: val_mse, mode: min}]
+    search:
+      algorithm: tpe                 # tpe | random | grid (all through Optuna, so the study is stored)
+      num_samples: 16                # grid: default and maximum = the number of grid points
+      max_concurrent: 2
+      seed: 0
+    scheduler:
+      type: asha                     # asha | none
+      max_t: 2000                    # budget in training steps (default: train.steps)
+      grace_period: 500              # default: max(train.eval_every, max_t // 8)
+      reduction_factor: 2
+      metric: val_ari_fg             # default: the (first) objective metric
+      mode: max
+    resources:
+      workers: 1                     # Ray Train workers per trial (DDP)
+      cpus_per_worker: 1
+      gpus_per_worker: 0             # > 0: NCCL on GPUs
+      max_failures: 2                # worker failures a trial survives (restart from its last checkpoint)
+
+Conditions (``when``) map config keys to ``{op: value}`` with op in eq, ne, gt, ge, lt, le, in
+(a bare value means eq); all must hold. A condition may name another space parameter (evaluated
+after it; cycles are errors) or any config key (its base value). An inactive parameter keeps its
+base value. For the grid algorithm, combinations that become identical once inactive parameters
+are dropped are run once.
+
+Floats may be written ``1e-4`` (YAML 1.1 would read that as a string; the loader fixes it).
+
+``--smoke-test`` (``load_study(..., smoke=True)``): the ``tiny`` profile replaces the base, the
+base overrides and the ``data`` section are dropped (``data.test_n_objects`` kept), the ASHA budget
+follows tiny's steps, and at most 4 trials run.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ctcae_core.config import ConfigError, ExperimentConfig, get_profile, key_type, list_profiles, valid_keys
+
+
+class StudyError(ValueError):
+    """A study file is invalid; the message names the file, the key and the valid choices."""
+
+
+ALGORITHMS = ("tpe", "random", "grid")
+SCHEDULERS = ("asha", "none")
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "int")
+CONDITION_OPS = ("eq", "ne", "gt", "ge", "lt", "le", "in")
+TOP_LEVEL = ("name", "description", "base", "data", "space", "objective", "search", "scheduler", "resources")
+# What ctcae_core.train.fit reports after each evaluation (the ``_n<k>`` forms: per object count).
+METRIC_RE = re.compile(r"loss|mse|contrastive|val_(mse|ari_fg|ari_full|inter_cluster|intra_cluster)|val_ari_(fg|full)_n\d+")
+METRICS_HELP = "val_ari_fg, val_ari_full, val_mse, val_inter_cluster, val_intra_cluster, val_ari_fg_n<k>, val_ari_full_n<k>, loss, mse, contrastive"
+SMOKE_PROFILE = "tiny"
+SMOKE_MAX_SAMPLES = 4
+GRID_KEY = "_grid_point"  # Optuna parameter of the grid algorithm: an index into Study.grid_points()
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` / ``5E3`` as floats (YAML 1.1 wants ``1.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``key op value``; evaluated on the trial's values so far (base config for the rest)."""
+
+    key: str
+    op: str
+    value: Any
+
+    def holds(self, values: dict[str, Any]) -> bool:
+        x = values[self.key]
+        if self.op == "eq":
+            return x == self.value
+        if self.op == "ne":
+            return x != self.value
+        if self.op == "in":
+            return x in self.value
+        return {"gt": x > self.value, "ge": x >= self.value, "lt": x < self.value, "le": x <= self.value}[self.op]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched config key and its distribution."""
+
+    key: str
+    kind: str  # one of DISTRIBUTIONS
+    values: tuple[Any, ...] = ()  # choice / grid
+    low: float | int | None = None  # uniform / loguniform / int
+    high: float | int | None = None
+    step: float | int | None = None
+    log: bool = False
+    when: tuple[Condition, ...] = ()
+
+    def active(self, values: dict[str, Any]) -> bool:
+        return all(c.holds(values) for c in self.when)
+
+    def suggest(self, trial: Any) -> Any:
+        """Draw this parameter from an Optuna trial (define-by-run)."""
+        if self.kind in ("choice", "grid"):
+            return trial.suggest_categorical(self.key, list(self.values))
+        if self.kind == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        if self.kind == "loguniform":
+            return trial.suggest_float(self.key, float(self.low), float(self.high), log=True)
+        return trial.suggest_float(self.key, float(self.low), float(self.high), step=self.step)
+
+
+@dataclass(frozen=True)
+class Objective:
+    metrics: tuple[str, ...]
+    modes: tuple[str, ...]
+
+    @property
+    def multi(self) -> bool:
+        return len(self.metrics) > 1
+
+    @property
+    def metric(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def mode(self) -> str:
+        return self.modes[0]
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    algorithm: str = "tpe"
+    num_samples: int = 8
+    max_concurrent: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    type: str = "none"
+    max_t: int = 0
+    grace_period: int = 0
+    reduction_factor: float = 2.0
+    metric: str = ""
+    mode: str = ""
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_failures: int = 2
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study: base config, search space, objective and how to run it."""
+
+    name: str
+    path: str
+    text: str  # the study file as written (logged as an artifact)
+    profile: str
+    base_overrides: dict[str, Any]  # dotted key -> value, base.overrides and data merged
+    base: ExperimentConfig
+    params: tuple[Param, ...]  # in evaluation order (conditions after what they depend on)
+    objective: Objective
+    search: SearchSpec
+    scheduler: SchedulerSpec
+    resources: ResourcesSpec
+    smoke: bool = False
+    description: str = ""
+
+    @property
+    def keys(self) -> list[str]:
+        return [p.key for p in self.params]
+
+    def sample(self, trial: Any) -> dict[str, Any]:
+        """Optuna define-by-run space: the trial's config overrides (dotted key -> value)."""
+        if self.search.algorithm == "grid":
+            points = self.grid_points()
+            idx = trial.suggest_categorical(GRID_KEY, list(range(len(points))))
+            return dict(points[idx])
+        values = self.base.flat()
+        out: dict[str, Any] = {}
+        for p in self.params:
+            if p.active(values):
+                v = p.suggest(trial)
+                values[p.key] = v
+                out[p.key] = v
+        return out
+
+    def optuna_sampler(self) -> Any:
+        """The Optuna sampler of ``search.algorithm``, seeded with ``search.seed``."""
+        import optuna
+
+        seed = self.search.seed
+        if self.search.algorithm == "tpe":
+            return optuna.samplers.TPESampler(seed=seed)
+        if self.search.algorithm == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        from search.samplers import GridSampler
+
+        return GridSampler({GRID_KEY: list(range(len(self.grid_points())))}, seed=seed)
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """All grid combinations, inactive parameters dropped, duplicates removed (file order)."""
+        base = self.base.flat()
+        seen: set[tuple] = set()
+        points: list[dict[str, Any]] = []
+        for combo in itertools.product(*(p.values for p in self.params)):
+            values = dict(base)
+            point: dict[str, Any] = {}
+            for p, v in zip(self.params, combo):
+                if p.active(values):
+                    values[p.key] = v
+                    point[p.key] = v
+            sig = tuple(sorted((k, repr(v)) for k, v in point.items()))
+            if sig not in seen:
+                seen.add(sig)
+                points.append(point)
+        return points
+
+    def resolve(self, overrides: dict[str, Any]) -> ExperimentConfig:
+        """The trial's full config: base plus the trial's sampled values (private keys ignored)."""
+        return self.base.with_overrides({k: v for k, v in overrides.items() if not k.startswith("_")})
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def load_study(path: str | Path, *, smoke: bool = False) -> Study:
+    """Read and validate a study file; raises StudyError naming the file and key on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise StudyError(f"{path}: cannot read study file: {e}") from None
+    return parse_study(text, source=str(path), smoke=smoke)
+
+
+def parse_study(text: str, *, source: str = "<study>", smoke: bool = False) -> Study:
+    """Validate a study given as YAML text (``source`` names it in errors)."""
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise StudyError(f"{source}: not valid YAML: {e}") from None
+    return _Parser(source).study(raw, text, smoke)
+
+
+class _Parser:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def err(self, key: str, msg: str) -> StudyError:
+        return StudyError(f"{self.source}: {key}: {msg}")
+
+    def mapping(self, key: str, d: Any, allowed: tuple[str, ...] | None) -> dict[str, Any]:
+        if d is None:
+            return {}
+        if not isinstance(d, dict):
+            raise self.err(key, f"expected a mapping, got {type(d).__name__} {d!r}")
+        if allowed is not None:
+            unknown = sorted(set(map(str, d)) - set(allowed))
+            if unknown:
+                raise self.err(key, f"unknown key(s) {unknown}; valid keys: {list(allowed)}")
+        return d
+
+    def typed(self, key: str, value: Any, tp: type | tuple[type, ...], what: str) -> Any:
+        tps = tp if isinstance(tp, tuple) else (tp,)
+        if isinstance(value, bool) and bool not in tps:
+            raise self.err(key, f"expected {what}, got {value!r}")
+        if not isinstance(value, tps):
+            raise self.err(key, f"expected {what}, got {type(value).__name__} {value!r}")
+        return value
+
+    def config_key(self, where: str, key: Any) -> str:
+        if not isinstance(key, str):
+            raise self.err(where, f"config keys are dotted strings, got {key!r}")
+        try:
+            key_type(key)
+        except ConfigError:
+            raise self.err(f"{where}.{key}", f"not a field of ExperimentConfig; valid keys: {valid_keys()}") from None
+        return key
+
+    def apply(self, where: str, cfg: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+        try:
+            return cfg.with_overrides(overrides)
+        except ConfigError as e:
+            raise self.err(where, str(e)) from None
+
+    # ------------------------------------------------------------------ sections
+
+    def study(self, raw: Any, text: str, smoke: bool) -> Study:
+        raw = self.mapping("top level", raw, TOP_LEVEL)
+        if not raw:
+            raise self.err("top level", f"empty study file; sections: {list(TOP_LEVEL)}")
+        name = raw.get("name", Path(self.source).stem)
+        self.typed("name", name, str, "a string")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise self.err("name", f"{name!r}: use letters, digits, '_', '-', '.'")
+        description = self.typed("description", raw.get("description", ""), str, "a string")
+
+        profile, overrides = self.base(raw.get("base"))
+        data = self.mapping("data", raw.get("data"), None)
+        for k, v in data.items():
+            overrides[self.config_key("data", f"data.{k}")] = v
+        if smoke:
+            # Smoke test: the tiny profile, whatever the study's base; only its search space and
+            # the object counts to test on survive.
+            profile = SMOKE_PROFILE
+            overrides = {k: v for k, v in overrides.items() if k == "data.test_n_objects"}
+        base = self.apply("base", get_profile(profile), overrides)
+
+        if "space" not in raw:
+            raise self.err("space", "missing; map dotted config keys to distributions")
+        search = self.search(raw.get("search"))
+        params = self.space(raw["space"], base, search.algorithm)
+        objective = self.objective(raw.get("objective"))
+        scheduler = self.scheduler(raw.get("scheduler"), base, objective, smoke)
+        resources = self.resources(raw.get("resources"))
+
+        study = Study(
+            name=name,
+            path=self.source,
+            text=text,
+            profile=profile,
+            base_overrides=overrides,
+            base=base,
+            params=params,
+            objective=objective,
+            search=search,
+            scheduler=scheduler,
+            resources=resources,
+            smoke=smoke,
+            description=description,
+        )
+        if search.algorithm == "grid":
+            n = len(study.grid_points())
+            asked = raw.get("search", {}).get("num_samples") if isinstance(raw.get("search"), dict) else None
+            if asked is not None and search.num_samples > n:
+                raise self.err("search.num_samples", f"{search.num_samples} exceeds the {n} grid points")
+            num = search.num_samples if asked is not None else n
+            study = replace(study, search=replace(search, num_samples=num))
+        if smoke:
+            study = replace(study, search=replace(study.search, num_samples=min(study.search.num_samples, SMOKE_MAX_SAMPLES)))
+        return study
+
+    def base(self, raw: Any) -> tuple[str, dict[str, Any]]:
+        if raw is None:
+            raise self.err("base", "missing; give base.profile (one of list_profiles())")
+        if isinstance(raw, str):
+            raw = {"profile": raw}
+        raw = self.mapping("base", raw, ("profile", "overrides"))
+        profile = raw.get("profile")
+        if profile not in list_profiles():
+            raise self.err("base.profile", f"unknown profile {profile!r}; valid profiles: {list_profiles()}")
+        overrides: dict[str, Any] = {}
+        for k, v in self.mapping("base.overrides", raw.get("overrides"), None).items():
+            overrides[self.config_key("base.overrides", k)] = v
+        return profile, overrides
+
+    def space(self, raw: Any, base: ExperimentConfig, algorithm: str) -> tuple[Param, ...]:
+        raw = self.mapping("space", raw, None)
+        if not raw:
+            raise self.err("space", "empty; map at least one dotted config key to a distribution")
+        params = {}
+        for key, spec in raw.items():
+            key = self.config_key("space", key)
+            params[key] = self.param(key, spec, base, algorithm)
+        # conditions on other space parameters: evaluate those first (topological order, file order kept)
+        deps = {k: [c.key for c in p.when if c.key in params and c.key != k] for k, p in params.items()}
+        for k, p in params.items():
+            if any(c.key == k for c in p.when):
+                raise self.err(f"space.{k}.when", "a parameter cannot be conditioned on itself")
+        ordered: list[str] = []
+        state: dict[str, int] = {}
+
+        def visit(k: str, chain: list[str]) -> None:
+            if state.get(k) == 2:
+                return
+            if state.get(k) == 1:
+                raise self.err(f"space.{k}.when", f"circular conditions: {' -> '.join(chain + [k])}")
+            state[k] = 1
+            for d in deps[k]:
+                visit(d, chain + [k])
+            state[k] = 2
+            ordered.append(k)
+
+        for k in params:
+            visit(k, [])
+        return tuple(params[k] for k in ordered)
+
+    def param(self, key: str, spec: Any, base: ExperimentConfig, algorithm: str) -> Param:
+        where = f"space.{key}"
+        spec = self.mapping(where, spec, DISTRIBUTIONS + ("step", "log", "when"))
+        kinds = [k for k in DISTRIBUTIONS if k in spec]
+        if len(kinds) != 1:
+            raise self.err(where, f"give exactly one distribution out of {list(DISTRIBUTIONS)}, got {kinds or 'none'}")
+        kind = kinds[0]
+        tp = key_type(key)
+        when = self.conditions(f"{where}.when", spec.get("when"), base)
+        if algorithm == "grid" and kind not in ("grid", "choice"):
+            raise self.err(where, f"{kind} cannot be enumerated; search.algorithm grid needs grid or choice values")
+        if algorithm != "grid" and kind == "grid":
+            raise self.err(where, f"grid needs search.algorithm: grid (got {algorithm}); use choice for {algorithm}")
+        extra = sorted({"step", "log"} & set(spec))
+        if kind in ("choice", "grid"):
+            if extra:
+                raise self.err(where, f"{extra} not valid with {kind}")
+            values = spec[kind]
+            if not isinstance(values, list) or not values:
+                raise self.err(f"{where}.{kind}", f"expected a non-empty list of values, got {values!r}")
+            for v in values:
+                if not (v is None or isinstance(v, (str, int, float, bool))):
+                    raise self.err(f"{where}.{kind}", f"values must be scalars (Optuna categorical), got {v!r}")
+                self.apply(f"{where}.{kind}", base, {key: v})
+            if len({repr(v) for v in values}) != len(values):
+                raise self.err(f"{where}.{kind}", f"duplicate values in {values}")
+            return Param(key, kind, values=tuple(values), when=when)
+
+        want = int if kind == "int" else float
+        if tp is not want:
+            raise self.err(where, f"{kind} needs a {want.__name__} field, but {key} is {getattr(tp, '__name__', tp)}")
+        bounds = spec[kind]
+        if not isinstance(bounds, list) or len(bounds) != 2:
+            raise self.err(f"{where}.{kind}", f"expected [low, high], got {bounds!r}")
+        num = int if kind == "int" else (int, float)
+        what = "an integer" if kind == "int" else "a number"
+        low, high = (self.typed(f"{where}.{kind}", b, num, what) for b in bounds)
+        if not all(math.isfinite(b) for b in (low, high)):
+            raise self.err(f"{where}.{kind}", f"bounds must be finite, got {bounds}")
+        if not low < high:
+            raise self.err(f"{where}.{kind}", f"empty or inverted range [{low}, {high}]: need low < high")
+        if kind == "loguniform" and low <= 0:
+            raise self.err(f"{where}.{kind}", f"loguniform needs low > 0, got {low}")
+        step = spec.get("step")
+        log = spec.get("log", False)
+        if kind == "loguniform" and "step" in spec:
+            raise self.err(f"{where}.step", "not valid with loguniform")
+        if kind != "int" and "log" in spec:
+            raise self.err(f"{where}.log", f"only valid with int (use loguniform for floats), not {kind}")
+        self.typed(f"{where}.log", log, bool, "true/false")
+        if step is not None:
+            self.typed(f"{where}.step", step, num, what)
+            if step <= 0 or step > high - low:
+                raise self.err(f"{where}.step", f"need 0 < step <= high - low ({high - low}), got {step}")
+            if log:
+                raise self.err(f"{where}.step", "step and log cannot be combined (Optuna)")
+        if log and low <= 0:
+            raise self.err(f"{where}.{kind}", f"log needs low > 0, got {low}")
+        for b in (low, high):
+            self.apply(f"{where}.{kind}", base, {key: b})
+        return Param(key, kind, low=low, high=high, step=step, log=log, when=when)
+
+    def conditions(self, where: str, raw: Any, base: ExperimentConfig) -> tuple[Condition, ...]:
+        raw = self.mapping(where, raw, None)
+        out = []
+        for key, spec in raw.items():
+            key = self.config_key(where, key)
+            if not isinstance(spec, dict):
+                spec = {"eq": spec}
+            spec = self.mapping(f"{where}.{key}", spec, CONDITION_OPS)
+            if not spec:
+                raise self.err(f"{where}.{key}", f"empty condition; ops: {list(CONDITION_OPS)}")
+            for op, value in spec.items():
+                if op == "in":
+                    if not isinstance(value, list) or not value:
+                        raise self.err(f"{where}.{key}.in", f"expected a non-empty list, got {value!r}")
+                    for v in value:
+                        self.apply(f"{where}.{key}.in", base, {key: v})
+                    value = tuple(value)
+                elif op in ("gt", "ge", "lt", "le"):
+                    if key_type(key) not in (int, float):
+                        raise self.err(f"{where}.{key}.{op}", f"{op} needs a numeric field; {key} is not")
+                    self.typed(f"{where}.{key}.{op}", value, (int, float), "a number")
+                else:
+                    self.apply(f"{where}.{key}.{op}", base, {key: value})
+                out.append(Condition(key, op, value))
+        return tuple(out)
+
+    def objective(self, raw: Any) -> Objective:
+        raw = self.mapping("objective", raw, ("metric", "mode", "metrics"))
+        if not raw:
+            return Objective(("val_ari_fg",), ("max",))
+        if "metrics" in raw:
+            if "metric" in raw or "mode" in raw:
+                raise self.err("objective", "give either metric + mode or metrics, not both")
+            items = raw["metrics"]
+            if not isinstance(items, list) or not items:
+                raise self.err("objective.metrics", f"expected a non-empty list of {{metric, mode}}, got {items!r}")
+            pairs = [self.metric_mode(f"objective.metrics[{i}]", it) for i, it in enumerate(items)]
+        else:
+            pairs = [self.metric_mode("objective", raw)]
+        metrics = tuple(m for m, _ in pairs)
+        if len(set(metrics)) != len(metrics):
+            raise self.err("objective.metrics", f"duplicate metrics {list(metrics)}")
+        return Objective(metrics, tuple(m for _, m in pairs))
+
+    def metric_mode(self, where: str, raw: Any) -> tuple[str, str]:
+        raw = self.mapping(where, raw, ("metric", "mode"))
+        metric = raw.get("metric")
+        if not isinstance(metric, str) or not METRIC_RE.fullmatch(metric):
+            raise self.err(f"{where}.metric", f"{metric!r} is not a metric the training reports; valid: {METRICS_HELP}")
+        mode = raw.get("mode")
+        if mode not in ("min", "max"):
+            raise self.err(f"{where}.mode", f"{mode!r} is not one of ['min', 'max']")
+        return metric, mode
+
+    def search(self, raw: Any) -> SearchSpec:
+        raw = self.mapping("search", raw, ("algorithm", "num_samples", "max_concurrent", "seed"))
+        algorithm = raw.get("algorithm", "tpe")
+        if algorithm not in ALGORITHMS:
+            raise self.err("search.algorithm", f"{algorithm!r} is not one of {list(ALGORITHMS)}")
+        num = self.typed("search.num_samples", raw.get("num_samples", 8), int, "an integer")
+        conc = self.typed("search.max_concurrent", raw.get("max_concurrent", 1), int, "an integer")
+        seed = self.typed("search.seed", raw.get("seed", 0), int, "an integer")
+        if num < 1:
+            raise self.err("search.num_samples", f"must be >= 1, got {num}")
+        if conc < 1:
+            raise self.err("search.max_concurrent", f"must be >= 1, got {conc}")
+        return SearchSpec(algorithm, num, conc, seed)
+
+    def scheduler(self, raw: Any, base: ExperimentConfig, objective: Objective, smoke: bool = False) -> SchedulerSpec:
+        keys = ("type", "max_t", "grace_period", "reduction_factor", "metric", "mode")
+        raw = dict(self.mapping("scheduler", raw, keys))
+        if smoke:  # the budget follows the tiny profile's steps
+            raw.pop("max_t", None)
+            raw.pop("grace_period", None)
+        kind = raw.get("type", "none")
+        if kind not in SCHEDULERS:
+            raise self.err("scheduler.type", f"{kind!r} is not one of {list(SCHEDULERS)}")
+        if kind == "none":
+            extra = sorted(set(raw) - {"type"})
+            if extra:
+                raise self.err("scheduler", f"{extra} given but scheduler.type is none")
+            return SchedulerSpec()
+        steps, every = base.train.steps, base.train.eval_every
+        max_t = self.typed("scheduler.max_t", raw.get("max_t", steps), int, "an integer (training steps)")
+        grace = self.typed(
+            "scheduler.grace_period", raw.get("grace_period", max(every, max_t // 8)), int, "an integer (training steps)"
+        )
+        rf = self.typed("scheduler.reduction_factor", raw.get("reduction_factor", 2), (int, float), "a number")
+        if not 0 < max_t <= steps:
+            raise self.err("scheduler.max_t", f"need 0 < max_t <= train.steps ({steps}), got {max_t}")
+        if not 0 < grace <= max_t:
+            raise self.err("scheduler.grace_period", f"need 0 < grace_period <= max_t ({max_t}), got {grace}")
+        if grace < every:
+            raise self.err("scheduler.grace_period", f"{grace} is below train.eval_every ({every}): no metric to judge by")
+        if rf <= 1:
+            raise self.err("scheduler.reduction_factor", f"must be > 1, got {rf}")
+        if "metric" in raw or "mode" in raw:
+            metric, mode = self.metric_mode("scheduler", {"metric": raw.get("metric"), "mode": raw.get("mode")})
+        elif objective.multi:
+            raise self.err("scheduler", f"a multi-objective study needs scheduler.metric and scheduler.mode for ASHA")
+        else:
+            metric, mode = objective.metric, objective.mode
+        return SchedulerSpec("asha", max_t, grace, float(rf), metric, mode)
+
+    def resources(self, raw: Any) -> ResourcesSpec:
+        raw = self.mapping("resources", raw, ("workers", "cpus_per_worker", "gpus_per_worker", "max_failures"))
+        d = ResourcesSpec()
+        workers = self.typed("resources.workers", raw.get("workers", d.workers), int, "an integer")
+        cpus = self.typed("resources.cpus_per_worker", raw.get("cpus_per_worker", d.cpus_per_worker), (int, float), "a number")
+        gpus = self.typed("resources.gpus_per_worker", raw.get("gpus_per_worker", d.gpus_per_worker), (int, float), "a number")
+        fails = self.typed("resources.max_failures", raw.get("max_failures", d.max_failures), int, "an integer")
+        if workers < 1:
+            raise self.err("resources.workers", f"must be >= 1, got {workers}")
+        if cpus < 0 or gpus < 0 or (cpus == 0 and gpus == 0):
+            raise self.err("resources", f"need cpus_per_worker >= 0 and gpus_per_worker >= 0, not both 0 (got {cpus}, {gpus})")
+        if fails < -1:
+            raise self.err("resources.max_failures", f"must be >= -1 (-1 = unlimited), got {fails}")
+        return ResourcesSpec(workers, float(cpus), float(gpus), fails)

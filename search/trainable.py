@@ -1,0 +1,282 @@
+"""The two lower Ray layers of a study: the per-worker training function and the per-trial driver.
+
+* ``train_worker`` runs on every Ray Train worker (DDP: gloo on CPU, NCCL on GPU; Ray Train
+  initialises ``torch.distributed`` and ``ctcae_core.train.fit`` shards batches by rank and
+  all-reduces metrics). Every rank calls ``ray.train.report`` after each evaluation; only rank 0
+  attaches the checkpoint. After training, rank 0 evaluates the best reported checkpoint on the
+  test split (overall and for each ``data.test_n_objects``), renders the phase/segmentation PNGs
+  and reports them as the trial's last checkpoint together with ``test_*`` metrics.
+* ``run_trial`` is the Tune function trainable: it builds and fits one ``TorchTrainer`` per trial
+  (Ray 2.60 Train V2: ``Tuner(TorchTrainer(...))`` no longer works). ``TuneReportCallback``
+  forwards rank 0's reports to Tune, where ASHA and the Optuna searcher see them. A worker that
+  dies is restarted from its last checkpoint (``FailureConfig(max_failures)``); a trial restored
+  by ``Tuner.restore`` reuses its Train run name, so Train V2 resumes from the stored checkpoints.
+
+Nothing here imports MLflow: tracking happens in the driver process (search/tracking.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search.space import Study
+
+FINAL_KEY = "test_done"
+NONFINITE_KEY = "nonfinite_loss"
+NONFINITE_MSG = "nonfinite_error"
+
+
+@dataclass(frozen=True)
+class TrialRuntime:
+    """Study-wide values every trial needs (shipped once through ``tune.with_parameters``)."""
+
+    study: Study
+    train_storage: str  # where the per-trial Train runs keep checkpoints (shared storage on a cluster)
+    metric: str  # checkpoint score: the (first) objective
+    mode: str
+
+
+# ----------------------------------------------------------------------------- per worker
+
+
+def _model_file(d: Path) -> Path:
+    """The model file inside a reported checkpoint directory."""
+    for name in ("checkpoint_last.pt", "checkpoint.pt", "model.pt", "checkpoint_best.pt"):
+        if (d / name).is_file():
+            return d / name
+    files = sorted(d.glob("*.pt"))
+    if not files:
+        raise FileNotFoundError(f"no *.pt model file in checkpoint directory {d}")
+    return files[0]
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train per-worker function: ``ctcae_core.train.fit`` with Ray reporting."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    from ctcae_core import train as core_train
+    from ctcae_core.config import ExperimentConfig
+
+    worker_start_s = time.time() - loop_config["t0"]  # trial start -> this worker running (Ray start-up cost)
+    cfg = ExperimentConfig.from_dict(loop_config["config"])
+    metric, mode = loop_config["metric"], loop_config["mode"]
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    if ctx.get_world_size() == 1:
+        # One worker: train without DDP (no gradient all-reduce to pay for). Ray Train does not
+        # tear down a one-worker process group itself, so this is safe.
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    work = Path(tempfile.mkdtemp(prefix=f"ctcae-r{rank}-"))  # worker-local scratch
+    try:
+        resume = _resume_file(ray.train.get_checkpoint(), work / "resume")
+
+        def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+            out = {k: v for k, v in metrics.items()}
+            ray.train.report(out, checkpoint=Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None)
+
+        t0 = time.perf_counter()
+        try:
+            core_train.fit(cfg, report=report, out_dir=work / "run", resume=resume, progress=False)
+        except core_train.NonFiniteLossError as e:
+            # Deterministic: a retry from the last checkpoint would diverge again. Every rank stops
+            # together (fit all-reduces the check); the trial driver turns this into the trial's error.
+            # The objective keys must be present in every result (Tune's strict metric check): NaN.
+            # A checkpoint (rank 0) makes the report reach the trainer's Result, where run_trial sees it.
+            nan = {m: float("nan") for m in loop_config["objectives"]}
+            marker = None
+            if rank == 0:
+                marker = work / "nonfinite"
+                marker.mkdir()
+                (marker / "error.txt").write_text(str(e))
+            ray.train.report(
+                {**nan, NONFINITE_KEY: 1, NONFINITE_MSG: str(e)},
+                checkpoint=Checkpoint.from_directory(str(marker)) if marker else None,
+            )
+            return
+        train_s = time.perf_counter() - t0
+        nodes = _node_ids(ctx.get_world_size())
+
+        # Test evaluation of the best checkpoint (rank 0; the others wait in the final report).
+        final: dict[str, Any] = {}
+        artifacts = None
+        if rank == 0:
+            reported = ray.train.get_all_reported_checkpoints()
+            final, artifacts = _test_best(cfg, reported, metric, mode, work, loop_config["objectives"])
+            final["train_time_s"] = train_s
+            final["worker_start_s"] = worker_start_s
+            final["test_time_s"] = time.perf_counter() - t0 - train_s
+            final["world_size"] = ctx.get_world_size()
+            final["n_nodes"] = len(set(nodes))
+        final[FINAL_KEY] = 1
+        ray.train.report(final, checkpoint=Checkpoint.from_directory(str(artifacts)) if artifacts else None)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _resume_file(ckpt: Any, dest: Path) -> Path | None:
+    """Model file to continue from: the last checkpoint of a restarted worker group or restored trial.
+
+    The latest checkpoint can be the final artifacts (a trial interrupted after its test
+    evaluation): then the newest reported checkpoint that holds a model is used.
+    """
+    import ray.train
+
+    if ckpt is None:
+        return None
+    local = Path(ckpt.to_directory(str(dest)))
+    if any(local.glob("*.pt")):
+        return _model_file(local)
+    models = [r for r in ray.train.get_all_reported_checkpoints() if "step" in r.metrics]
+    if not models:
+        return None
+    newest = max(models, key=lambda r: r.metrics["step"])
+    return _model_file(Path(newest.checkpoint.to_directory(str(dest) + "_model")))
+
+
+def _node_ids(world: int) -> list[str]:
+    """The Ray node id of every rank (all ranks take part)."""
+    import ray
+    import torch.distributed as dist
+
+    mine = ray.get_runtime_context().get_node_id()
+    if world == 1 or not dist.is_initialized():
+        return [mine]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, mine)
+    return [str(x) for x in out]
+
+
+def _test_best(
+    cfg: Any, reported: list[Any], metric: str, mode: str, work: Path, objectives: list[str]
+) -> tuple[dict[str, Any], Path]:
+    """Evaluate the best reported checkpoint on the test split; write artifacts; return test metrics."""
+    import torch
+
+    from ctcae_core.data import open_dataset
+    from ctcae_core.evaluate import evaluate
+    from ctcae_core.train import load_checkpoint
+
+    sign = 1.0 if mode == "max" else -1.0
+    scored = [r for r in reported if _finite(r.metrics.get(metric))]
+    if not scored:
+        raise RuntimeError(f"no reported checkpoint has a finite {metric!r}; nothing to test")
+    best = max(scored, key=lambda r: (sign * float(r.metrics[metric]), r.metrics.get("step", 0)))
+    local = Path(best.checkpoint.to_directory(str(work / "best_ckpt")))
+    model, best_cfg, _payload = load_checkpoint(_model_file(local))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device).eval()
+    d = best_cfg.data
+    cache = d.cache_dir or None
+
+    def test_set(n_objects: Any = None) -> Any:
+        return open_dataset(
+            d.dataset, "test", d.resolution, n_objects, n_train=d.n_train, n_test=d.n_test, seed=d.data_seed, cache_dir=cache
+        )
+
+    seed = best_cfg.train.seed
+    out: dict[str, Any] = {}
+    overall = test_set()
+    for k, v in evaluate(model, overall, device=device, seed=seed).items():
+        out[f"test_{k}"] = v
+    for k_obj in d.test_n_objects:
+        subset = test_set(int(k_obj))
+        out[f"test_n{k_obj}_n_images"] = len(subset)
+        if len(subset) == 0:  # no test scene with that many objects
+            continue
+        for k, v in evaluate(model, subset, device=device, seed=seed).items():
+            out[f"test_n{k_obj}_{k}"] = v
+    step = int(best.metrics.get("step", 0))
+    out["best_step"] = step
+    for m in objectives:  # the objectives at the tested checkpoint: what Optuna is told
+        out[m] = float(best.metrics[m]) if _finite(best.metrics.get(m)) else float("nan")
+    for k, v in best.metrics.items():
+        if k.startswith("val_") and _finite(v):
+            out[f"best_{k}"] = float(v)
+
+    art = work / "artifacts"
+    (art / "pngs").mkdir(parents=True)
+    (art / "resolved_config.yaml").write_text(yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
+    (art / "test_metrics.json").write_text(json.dumps({k: v for k, v in out.items()}, indent=2, sort_keys=True))
+    _render_pngs(model, overall, art / "pngs", device, seed, step)
+    return out, art
+
+
+def _render_pngs(model: Any, dataset: Any, out: Path, device: str, seed: int, step: int, n: int = 8) -> list[Path]:
+    """Phase maps, segmentations and a summary panel of the first ``n`` test images (tested checkpoint)."""
+    import torch
+
+    from ctcae_core import viz
+    from ctcae_core.metrics import cluster_phases, count_label_clusters
+
+    batch = dataset.get_batch(torch.arange(min(n, len(dataset))))
+    images = batch["image"].to(device)  # (b, c, h, w)
+    labels = batch["labels"]  # (b, h, w)
+    with torch.inference_mode():
+        o = model(images)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        pred = cluster_phases(o.out_magnitude, o.out_phase, count_label_clusters(labels.to(device)), generator=gen)
+    cpu = lambda t: t.detach().cpu()  # noqa: E731
+    mag, phase = cpu(o.out_magnitude), cpu(o.out_phase)
+    return [
+        viz.save_phase_maps(out / f"phase_maps_step{step}.png", mag, phase),
+        viz.save_segmentation(out / f"segmentation_step{step}.png", labels, cpu(pred)),
+        viz.save_panel(out / f"panel_step{step}.png", cpu(images), cpu(o.recon), mag, phase, labels, cpu(pred)),
+    ]
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+# ----------------------------------------------------------------------------- per trial
+
+
+def run_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
+    """Tune function trainable: fit one TorchTrainer for this trial's config."""
+    import ray.tune
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    study = runtime.study
+    cfg = study.resolve(config)
+    res = study.resources
+    use_gpu = res.gpus_per_worker > 0
+    per_worker = {"CPU": res.cpus_per_worker}
+    if use_gpu:
+        per_worker["GPU"] = res.gpus_per_worker
+    trial_id = ray.tune.get_context().get_trial_id()
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"config": cfg.to_dict(), "metric": runtime.metric, "mode": runtime.mode,
+                           "objectives": list(study.objective.metrics), "t0": time.time()},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+        run_config=RunConfig(
+            name=trial_id,  # stable across Tuner.restore: Train V2 resumes from this run's checkpoints
+            storage_path=runtime.train_storage,
+            callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=res.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=runtime.metric, checkpoint_score_order=runtime.mode
+            ),
+        ),
+    )
+    result = trainer.fit()
+    metrics = result.metrics or {}
+    if metrics.get(NONFINITE_KEY):
+        from ctcae_core.train import NonFiniteLossError
+
+        raise NonFiniteLossError(metrics.get(NONFINITE_MSG, "non-finite loss"))
