@@ -18,6 +18,54 @@ Tensor = torch.Tensor
 PHASE_EPS = 1e-8  # |Im psi| below this is set to eps before arg(), so atan2 gradients stay finite
 
 
+class _PolarToStacked(torch.autograd.Function):
+    """(m, phi) -> cat([m cos phi, m sin phi, m]) along the batch; saves only m and phi."""
+
+    @staticmethod
+    def forward(ctx, m: Tensor, phi: Tensor) -> Tensor:
+        ctx.save_for_backward(m, phi)
+        return torch.cat([m * torch.cos(phi), m * torch.sin(phi), m], dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        m, phi = ctx.saved_tensors
+        b = m.shape[0]
+        g_re, g_im, g_m = grad[:b], grad[b : 2 * b], grad[2 * b :]
+        c, s = torch.cos(phi), torch.sin(phi)
+        return g_re * c + g_im * s + g_m, m * (g_im * c - g_re * s)
+
+
+class _ComplexActivation(torch.autograd.Function):
+    """cat([Re psi, Im psi, chi]) -> (0.5 (|psi| + chi), arg psi), |Im psi| < eps set to eps first.
+
+    Saves only its input and recomputes |psi| in backward: about a third less activation memory
+    than the same arithmetic left to autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, out: Tensor) -> tuple[Tensor, Tensor]:
+        b = out.shape[0] // 3
+        re, im, chi = out[:b], out[b : 2 * b], out[2 * b :]
+        im = torch.where(im.abs() < PHASE_EPS, torch.full_like(im, PHASE_EPS), im)
+        ctx.save_for_backward(out)
+        return 0.5 * (torch.hypot(re, im) + chi), torch.atan2(im, re)
+
+    @staticmethod
+    def backward(ctx, g_m: Tensor, g_phi: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors
+        b = out.shape[0] // 3
+        re, im = out[:b], out[b : 2 * b]
+        guarded = im.abs() < PHASE_EPS
+        im = torch.where(guarded, torch.full_like(im, PHASE_EPS), im)
+        r2 = re * re + im * im
+        r = torch.sqrt(r2)
+        half_gm_over_r = 0.5 * g_m / r
+        g_phi_over_r2 = g_phi / r2
+        g_re = half_gm_over_r * re - g_phi_over_r2 * im
+        g_im = torch.where(guarded, torch.zeros_like(im), half_gm_over_r * im + g_phi_over_r2 * re)
+        return torch.cat([g_re, g_im, 0.5 * g_m], dim=0)
+
+
 def apply_complex(
     f: Callable[[Tensor], Tensor], m: Tensor, phi: Tensor, magnitude_bias: Tensor, phase_bias: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -27,12 +75,8 @@ def apply_complex(
     phi' = arg(psi) + b_phi. The three maps share one call of ``f`` on a 3x batch.
     m, phi: (b, ...) real; returns (m', phi') before the norm and ReLU.
     """
-    b = m.shape[0]
-    out = f(torch.cat([m * torch.cos(phi), m * torch.sin(phi), m], dim=0))
-    psi_re, psi_im, chi = out[:b], out[b : 2 * b], out[2 * b :]
-    psi_im = torch.where(psi_im.abs() < PHASE_EPS, torch.full_like(psi_im, PHASE_EPS), psi_im)
-    m_psi = torch.hypot(psi_re, psi_im)
-    return 0.5 * (m_psi + chi) + magnitude_bias, torch.atan2(psi_im, psi_re) + phase_bias
+    m_out, phi_out = _ComplexActivation.apply(f(_PolarToStacked.apply(m, phi)))
+    return m_out + magnitude_bias, phi_out + phase_bias
 
 
 def wrap_phase(m: Tensor, phi: Tensor) -> Tensor:

@@ -130,3 +130,21 @@ def test_upsample_conv_without_forming_the_upsampled_map_equals_explicit_upsampl
     ref.load_state_dict(conv.state_dict())
     for got, want in zip(conv(m, phi), ref(up(m), up(phi))):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_complex_layer_autograd_functions_pass_gradcheck():
+    from ctcae_core.layers import _ComplexActivation, _PolarToStacked
+
+    torch.manual_seed(0)
+    m = (torch.rand(2, 3, 2, 2, dtype=torch.float64) + 0.1).requires_grad_()
+    phi = ((torch.rand(2, 3, 2, 2, dtype=torch.float64) - 0.5) * 6).requires_grad_()
+    assert torch.autograd.gradcheck(_PolarToStacked.apply, (m, phi))
+    out = torch.randn(6, 3, 2, 2, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(_ComplexActivation.apply, (out,))
+    # where Im psi is guarded (exactly 0, as on black backgrounds), its gradient is 0 and finite
+    out = torch.randn(6, 3, 2, 2, dtype=torch.float64)
+    out[2:4] = 0.0
+    out.requires_grad_()
+    m_out, phi_out = _ComplexActivation.apply(out)
+    (m_out.sum() + phi_out.sum()).backward()
+    assert torch.isfinite(out.grad).all() and torch.count_nonzero(out.grad[2:4]) == 0
