@@ -83,7 +83,7 @@ def apply_json6902(doc: Doc, ops: list[dict]) -> None:
             elif kind == "remove":
                 del node[int(last)]
             else:
-                raise NotImplementedError(op)
+                raise ValueError(f"unsupported by this minimal kustomize: {op}")
         else:
             if kind in ("replace", "remove") and last not in node:
                 raise KeyError(f"{op['path']} does not exist")
@@ -92,7 +92,7 @@ def apply_json6902(doc: Doc, ops: list[dict]) -> None:
             elif kind == "remove":
                 del node[last]
             else:
-                raise NotImplementedError(op)
+                raise ValueError(f"unsupported by this minimal kustomize: {op}")
 
 
 def _matches(doc: Doc, target: dict) -> bool:
@@ -131,7 +131,7 @@ def build(kdir: Path) -> list[Doc]:
     kust = yaml.safe_load((kdir / "kustomization.yaml").read_text())
     unsupported = set(kust) - SUPPORTED_KUSTOMIZATION_KEYS
     if unsupported:
-        raise NotImplementedError(f"{kdir}: kustomization keys {sorted(unsupported)}")
+        raise ValueError("unsupported by this minimal kustomize: " + f"{kdir}: kustomization keys {sorted(unsupported)}")
     docs: list[Doc] = []
     for res in kust.get("resources", []):
         path = kdir / res
@@ -139,7 +139,7 @@ def build(kdir: Path) -> list[Doc]:
     for patch in kust.get("patches", []):
         ops = yaml.safe_load((kdir / patch["path"]).read_text()) if "path" in patch else yaml.safe_load(patch["patch"])
         if not isinstance(ops, list):
-            raise NotImplementedError(f"{kdir}: only JSON6902 patches are supported")
+            raise ValueError("unsupported by this minimal kustomize: " + f"{kdir}: only JSON6902 patches are supported")
         targets = [d for d in docs if _matches(d, patch["target"])]
         if not targets:
             raise LookupError(f"{kdir}: patch {patch} matches no resource")
