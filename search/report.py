@@ -586,13 +586,27 @@ def md_separability(st: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------- plots
 
 
-def plot_per_count(pc: pd.DataFrame, path: Path) -> Path | None:
-    if pc.empty:
-        return None
+def _pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (imported only when plotting)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_per_count(pc: pd.DataFrame, path: Path) -> Path | None:
+    if pc.empty:
+        return None
+    plt = _pyplot()
 
     datasets = sorted(pc["dataset"].unique())
     colors = {v: f"C{i % 10}" for i, v in enumerate(dict.fromkeys(pc["variant"]))}  # one color per variant everywhere
@@ -614,19 +628,13 @@ def plot_per_count(pc: pd.DataFrame, path: Path) -> Path | None:
         ax.set_xticks(sorted(g["n_objects"].unique()))
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
 
 
 def plot_separability(st: pd.DataFrame, path: Path) -> Path | None:
     if st.empty:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     import numpy as np
 
     datasets = sorted(st["dataset"].unique())
@@ -641,19 +649,13 @@ def plot_separability(st: pd.DataFrame, path: Path) -> Path | None:
         ax.set_title(f"phase separability: {ds}", fontsize=9)
         ax.set_ylabel("distance (test, mean over images)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
 
 
 def plot_importances(imp: pd.DataFrame, path: Path) -> Path | None:
     if imp.empty:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     objectives = list(dict.fromkeys(imp["objective"]))
     fig, axes = plt.subplots(1, len(objectives), figsize=(6 * len(objectives), 0.4 * imp["param"].nunique() + 1.5), squeeze=False)
@@ -661,10 +663,7 @@ def plot_importances(imp: pd.DataFrame, path: Path) -> Path | None:
         g = imp[imp["objective"] == obj].sort_values("importance")
         ax.barh(g["param"], g["importance"])
         ax.set_xlabel(f"importance for {obj} (fANOVA)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(plt, fig, path)
 
 
 # ----------------------------------------------------------------------------- the report
