@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 # `python search/run.py` puts search/ (not the repo) first on sys.path: swap it for the repo root so that
@@ -33,6 +33,20 @@ TRAIN_ENV_DEFAULTS = {
     # a busy machine can take more than the default 60 s to start a worker group
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",
 }
+
+
+def trial_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """Environment variables every trial's Train controller and workers get.
+
+    Ray workers run in their own working directories, so a relative ``CTCAE_DATA_CACHE`` is made
+    absolute here; otherwise each trial would generate its datasets again in its own folder.
+    """
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")]))}
+    for key, value in TRAIN_ENV_DEFAULTS.items():
+        env[key] = environ.get(key, value)
+    if environ.get("CTCAE_DATA_CACHE"):
+        env["CTCAE_DATA_CACHE"] = str(Path(environ["CTCAE_DATA_CACHE"]).expanduser().absolute())
+    return env
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -158,10 +172,7 @@ def run(args: argparse.Namespace) -> int:
         if optuna_study_exists(optuna_url, study.name):
             raise StudyError(f"Optuna study {study.name!r} already exists in {optuna_url}; pass --resume or another --name")
 
-    env_vars = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    for key, value in TRAIN_ENV_DEFAULTS.items():  # reach each trial's Train controller and workers
-        env_vars[key] = os.environ.get(key, value)
-    runtime_env = {"env_vars": env_vars}
+    runtime_env = {"env_vars": trial_env(os.environ)}
     if args.address:
         ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=True)
     else:

@@ -248,3 +248,19 @@ def test_cli_validates_before_ray(tmp_path: Path) -> None:
     assert "bad.yaml: space.model.decoder.choice" in p.stderr and "'upsample'" in p.stderr
     assert "Ray" not in p.stdout and not (tmp_path / "ray_results").exists()
     assert time.time() - t0 < 60
+
+
+def test_trial_env_makes_a_relative_data_cache_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray workers run in their own folders: a relative cache would make each trial generate its data again."""
+    import os
+
+    from search.run import trial_env
+
+    monkeypatch.chdir(tmp_path)
+    env = trial_env({"CTCAE_DATA_CACHE": ".cache/data", "PYTHONPATH": "/extra", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"})
+    assert env["CTCAE_DATA_CACHE"] == str(Path.cwd() / ".cache" / "data")
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/extra"]
+    assert env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "2"
+    assert env["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] == "300"
+    assert "CTCAE_DATA_CACHE" not in trial_env({})
+    assert trial_env({"CTCAE_DATA_CACHE": "/abs/cache"})["CTCAE_DATA_CACHE"] == "/abs/cache"
