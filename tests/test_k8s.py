@@ -55,6 +55,12 @@ Doc = dict[str, Any]
 # A minimal kustomize: what the kustomizations in k8s/ use, and an error for anything else.
 # ----------------------------------------------------------------------------------------------
 SUPPORTED_KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "namespace", "images", "patches"}
+
+
+def _unsupported(what: object) -> ValueError:
+    return ValueError(f"unsupported by this minimal kustomize: {what}")
+
+
 CLUSTER_SCOPED_KINDS = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
 
 
@@ -83,7 +89,7 @@ def apply_json6902(doc: Doc, ops: list[dict]) -> None:
             elif kind == "remove":
                 del node[int(last)]
             else:
-                raise ValueError(f"unsupported by this minimal kustomize: {op}")
+                raise _unsupported(op)
         else:
             if kind in ("replace", "remove") and last not in node:
                 raise KeyError(f"{op['path']} does not exist")
@@ -92,7 +98,7 @@ def apply_json6902(doc: Doc, ops: list[dict]) -> None:
             elif kind == "remove":
                 del node[last]
             else:
-                raise ValueError(f"unsupported by this minimal kustomize: {op}")
+                raise _unsupported(op)
 
 
 def _matches(doc: Doc, target: dict) -> bool:
@@ -131,7 +137,7 @@ def build(kdir: Path) -> list[Doc]:
     kust = yaml.safe_load((kdir / "kustomization.yaml").read_text())
     unsupported = set(kust) - SUPPORTED_KUSTOMIZATION_KEYS
     if unsupported:
-        raise ValueError("unsupported by this minimal kustomize: " + f"{kdir}: kustomization keys {sorted(unsupported)}")
+        raise _unsupported(f"{kdir}: kustomization keys {sorted(unsupported)}")
     docs: list[Doc] = []
     for res in kust.get("resources", []):
         path = kdir / res
@@ -139,7 +145,7 @@ def build(kdir: Path) -> list[Doc]:
     for patch in kust.get("patches", []):
         ops = yaml.safe_load((kdir / patch["path"]).read_text()) if "path" in patch else yaml.safe_load(patch["patch"])
         if not isinstance(ops, list):
-            raise ValueError("unsupported by this minimal kustomize: " + f"{kdir}: only JSON6902 patches are supported")
+            raise _unsupported(f"{kdir}: only JSON6902 patches are supported")
         targets = [d for d in docs if _matches(d, patch["target"])]
         if not targets:
             raise LookupError(f"{kdir}: patch {patch} matches no resource")
