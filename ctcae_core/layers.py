@@ -18,6 +18,12 @@ Tensor = torch.Tensor
 PHASE_EPS = 1e-8  # |Im psi| below this is set to eps before arg(), so atan2 gradients stay finite
 
 
+def _guard_im(im: Tensor) -> tuple[Tensor, Tensor]:
+    """Im psi with |Im psi| < PHASE_EPS set to PHASE_EPS, and where that was done."""
+    guarded = im.abs() < PHASE_EPS
+    return torch.where(guarded, torch.full_like(im, PHASE_EPS), im), guarded
+
+
 class _PolarToStacked(torch.autograd.Function):
     """(m, phi) -> cat([m cos phi, m sin phi, m]) along the batch; saves only m and phi."""
 
@@ -46,7 +52,7 @@ class _ComplexActivation(torch.autograd.Function):
     def forward(ctx, out: Tensor) -> tuple[Tensor, Tensor]:
         b = out.shape[0] // 3
         re, im, chi = out[:b], out[b : 2 * b], out[2 * b :]
-        im = torch.where(im.abs() < PHASE_EPS, torch.full_like(im, PHASE_EPS), im)
+        im, _ = _guard_im(im)
         ctx.save_for_backward(out)
         return 0.5 * (torch.hypot(re, im) + chi), torch.atan2(im, re)
 
@@ -55,8 +61,7 @@ class _ComplexActivation(torch.autograd.Function):
         (out,) = ctx.saved_tensors
         b = out.shape[0] // 3
         re, im = out[:b], out[b : 2 * b]
-        guarded = im.abs() < PHASE_EPS
-        im = torch.where(guarded, torch.full_like(im, PHASE_EPS), im)
+        im, guarded = _guard_im(im)
         r2 = re * re + im * im
         r = torch.sqrt(r2)
         half_gm_over_r = 0.5 * g_m / r
