@@ -18,10 +18,9 @@ Tensor = torch.Tensor
 PHASE_EPS = 1e-8  # |Im psi| below this is set to eps before arg(), so atan2 gradients stay finite
 
 
-def _guard_im(im: Tensor) -> tuple[Tensor, Tensor]:
-    """Im psi with |Im psi| < PHASE_EPS set to PHASE_EPS, and where that was done."""
-    guarded = im.abs() < PHASE_EPS
-    return torch.where(guarded, torch.full_like(im, PHASE_EPS), im), guarded
+def _guarded_im(im: Tensor) -> Tensor:
+    """Im psi as the angle sees it: entries with |Im psi| < PHASE_EPS set to +PHASE_EPS."""
+    return torch.where(im.abs() < PHASE_EPS, torch.full_like(im, PHASE_EPS), im)
 
 
 class _PolarToStacked(torch.autograd.Function):
@@ -42,7 +41,13 @@ class _PolarToStacked(torch.autograd.Function):
 
 
 class _ComplexActivation(torch.autograd.Function):
-    """cat([Re psi, Im psi, chi]) -> (0.5 (|psi| + chi), arg psi), |Im psi| < eps set to eps first.
+    """cat([Re psi, Im psi, chi]) -> (0.5 (|psi| + chi), arg psi), exactly as the paper's code.
+
+    The guard is on the angle only: |psi| comes from the raw psi (gradient psi / |psi|, and 0
+    where |psi| = 0, as torch's ``abs`` of a complex zero), and arg psi from a copy whose entries
+    with |Im psi| < eps are set to +eps (no gradient to Im psi through the angle there, the
+    gradient to Re psi kept). At initialisation every phase sits at 0 or pi and these guarded
+    entries carry the whole phase gradient, so the semantics matter (docs/model.md).
 
     Saves only its input and recomputes |psi| in backward: about a third less activation memory
     than the same arithmetic left to autograd.
@@ -52,22 +57,22 @@ class _ComplexActivation(torch.autograd.Function):
     def forward(ctx, out: Tensor) -> tuple[Tensor, Tensor]:
         b = out.shape[0] // 3
         re, im, chi = out[:b], out[b : 2 * b], out[2 * b :]
-        im, _ = _guard_im(im)
         ctx.save_for_backward(out)
-        return 0.5 * (torch.hypot(re, im) + chi), torch.atan2(im, re)
+        return 0.5 * (torch.hypot(re, im) + chi), torch.atan2(_guarded_im(im), re)
 
     @staticmethod
     def backward(ctx, g_m: Tensor, g_phi: Tensor) -> Tensor:
         (out,) = ctx.saved_tensors
         b = out.shape[0] // 3
         re, im = out[:b], out[b : 2 * b]
-        im, guarded = _guard_im(im)
-        r2 = re * re + im * im
-        r = torch.sqrt(r2)
-        half_gm_over_r = 0.5 * g_m / r
-        g_phi_over_r2 = g_phi / r2
-        g_re = half_gm_over_r * re - g_phi_over_r2 * im
-        g_im = torch.where(guarded, torch.zeros_like(im), half_gm_over_r * im + g_phi_over_r2 * re)
+        # |psi|: d|psi|/d(re, im) = (re, im) / |psi|, 0 at |psi| = 0.
+        r = torch.hypot(re, im)
+        half_gm_over_r = torch.where(r > 0, 0.5 * g_m / r, torch.zeros_like(r))
+        # arg of the guarded copy: d/d re = -im_g / r_g^2; d/d im = re / r_g^2 where not guarded.
+        im_g = _guarded_im(im)
+        g_phi_over_r2 = g_phi / (re * re + im_g * im_g)
+        g_re = half_gm_over_r * re - g_phi_over_r2 * im_g
+        g_im = half_gm_over_r * im + torch.where(im.abs() < PHASE_EPS, torch.zeros_like(re), g_phi_over_r2 * re)
         return torch.cat([g_re, g_im, 0.5 * g_m], dim=0)
 
 
@@ -85,9 +90,21 @@ def apply_complex(
 
 
 def wrap_phase(m: Tensor, phi: Tensor) -> Tensor:
-    """arg(m e^{i phi}) in [-pi, pi), and 0 where m == 0 (as torch.angle of a zero)."""
-    wrapped = torch.remainder(phi + math.pi, 2 * math.pi) - math.pi
-    return torch.where(m > 0, wrapped, torch.zeros_like(wrapped))
+    """arg(m e^{i phi}) in (-pi, pi], computed as the paper's code does where m == 0.
+
+    Where m > 0 this is phi wrapped to (-pi, pi]. Where m == 0 (a unit the ReLU switched off) the
+    paper's code takes ``angle()`` of the complex zero ``m * exp(1j * phi)``, whose signed zeros
+    give 0 or +-pi depending on phi; the contrastive loss sees those values (its cosine similarity
+    of phase vectors is far from indifferent to them at the symmetric start), so they are
+    reproduced here with the same torch ops, without gradient (``angle``'s gradient at 0 is 0).
+    """
+    # Only out-of-range phases are wrapped: phi + pi would round the tiny phases of the symmetric
+    # start (1e-8) to the float spacing at pi (2.4e-7), which angle() does not.
+    inside = (phi > -math.pi) & (phi <= math.pi)
+    wrapped = torch.where(inside, phi, torch.remainder(phi + math.pi, 2 * math.pi) - math.pi)
+    with torch.no_grad():
+        dead = (m.detach() * torch.exp(1j * phi.detach())).angle()
+    return torch.where(m > 0, wrapped, dead)
 
 
 def _biases(n_out: int, fan_in: int, shape: tuple[int, ...]) -> tuple[nn.Parameter, nn.Parameter]:

@@ -18,7 +18,7 @@ class ModelOutput(NamedTuple):
 
     recon: Tensor  # (b, c, h, w) reconstruction
     out_magnitude: Tensor  # (b, c, h, w) |z| of the decoder's last complex layer
-    out_phase: Tensor  # (b, c, h, w) arg z in [-pi, pi), 0 where |z| = 0
+    out_phase: Tensor  # (b, c, h, w) arg z in (-pi, pi]; where |z| = 0 the paper's angle() of a signed zero
     enc_magnitude: Tensor  # (b, c', h', w') last encoder conv layer
     enc_phase: Tensor  # (b, c', h', w')
 
