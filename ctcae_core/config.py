@@ -6,6 +6,8 @@ checkpoint carries, so a model can always be rebuilt from what was saved beside 
 """
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import types
 import typing
@@ -36,11 +38,18 @@ class ModelConfig:
     decoder: str = "upsample"  # "upsample" (CAE++, CtCAE) | "transpose" (CAE)
     out_conv: bool = False
     out_sigmoid: bool = False
-    phase_init: str = "zero"  # input phase: "zero" | "random"
+    phase_init: str = "zero"  # input phase: "zero" (paper's default) | "random" (paper's option: U[0, 1) rad)
+    # Symmetry breaking (docs/model.md): 0 keeps the paper's exact setting.
+    phase_bias_init: float = 0.0  # phase biases start U(-a, a) rad instead of 0
+    phase_noise: float = 0.0  # std (rad) of Gaussian noise on the input phase, training only
 
     def __post_init__(self) -> None:
         _choice("model.decoder", self.decoder, DECODERS)
         _choice("model.phase_init", self.phase_init, PHASE_INITS)
+        for key, hi in (("phase_bias_init", math.pi), ("phase_noise", math.pi)):
+            v = getattr(self, key)
+            if not (math.isfinite(v) and 0.0 <= v <= hi):
+                raise ConfigError(f"model.{key}: must be a number in [0, pi], got {v}")
         n = len(self.enc_channels)
         if n == 0:
             raise ConfigError("model.enc_channels: needs at least one layer")
@@ -325,6 +334,8 @@ PAPER_FULL = dict(
 )
 # Same structure, a quarter of the width: about 1/16 of the convolution cost (step times in README).
 SMALL_32 = dict(enc_channels=[32, 32, 64, 64, 64], enc_strides=[2, 1, 2, 1, 2], enc_kernels=[3] * 5, linear_dim=64)
+# Half the paper's width: between _small and the paper (about 1/4 of the paper's convolution cost).
+HALF_32 = dict(enc_channels=[64, 64, 128, 128, 128], enc_strides=[2, 1, 2, 1, 2], enc_kernels=[3] * 5, linear_dim=128)
 VARIANTS = {
     "cae": (dict(decoder="transpose", out_conv=True, out_sigmoid=True), 0.0),
     "caepp": (dict(decoder="upsample", out_conv=False, out_sigmoid=False), 0.0),
@@ -358,6 +369,9 @@ for _v in VARIANTS:
         small["data"]["n_train"] = 20000
         small["train"] = {"steps": 3000, "eval_every": 250, "eval_images": 160}
         _register(f"{_v}_{_ds}_small", small)
+        half = _profile_dict(_v, _ds, HALF_32, 32)
+        half["train"] = {"eval_every": 500}
+        _register(f"{_v}_{_ds}_half", half)
     full_md = _profile_dict(_v, "multi_dsprites", PAPER_FULL, 64)
     full_md["contrastive"]["dec_patch"] = 2
     _register(f"{_v}_multi_dsprites_64", full_md)

@@ -65,6 +65,10 @@ class ComplexAutoEncoder(nn.Module):
                 layer = ComplexConvTranspose2d(cin, cout, k, 2)
             layers.append(ComplexBlock(layer, nn.BatchNorm2d(cout)))
         self.decoder = nn.ModuleList(layers)
+        if cfg.phase_bias_init > 0:
+            for module in self.modules():
+                if isinstance(module, (ComplexConv2d, ComplexConvTranspose2d, ComplexLinear)):
+                    nn.init.uniform_(module.phase_bias, -cfg.phase_bias_init, cfg.phase_bias_init)
         self.out_conv = None
         if cfg.out_conv:
             self.out_conv = nn.Conv2d(cfg.in_channels, cfg.in_channels, 1)
@@ -79,6 +83,9 @@ class ComplexAutoEncoder(nn.Module):
             phi = torch.zeros_like(images)
         else:  # as the paper's code: phases uniform in [0, 1)
             phi = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+        if self.training and self.cfg.phase_noise > 0:
+            noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+            phi = phi + self.cfg.phase_noise * noise
         for block in self.encoder:
             m, phi = block(m, phi)
         enc_m, enc_phi = m, phi

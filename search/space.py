@@ -82,8 +82,8 @@ DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "int")
 CONDITION_OPS = ("eq", "ne", "gt", "ge", "lt", "le", "in")
 TOP_LEVEL = ("name", "description", "base", "data", "space", "objective", "search", "scheduler", "resources")
 # What ctcae_core.train.fit reports after each evaluation (the ``_n<k>`` forms: per object count).
-METRIC_RE = re.compile(r"loss|mse|contrastive|val_(mse|ari_fg|ari_full|inter_cluster|intra_cluster)|val_ari_(fg|full)_n\d+")
-METRICS_HELP = "val_ari_fg, val_ari_full, val_mse, val_inter_cluster, val_intra_cluster, val_ari_fg_n<k>, val_ari_full_n<k>, loss, mse, contrastive"
+METRIC_RE = re.compile(r"loss|mse|contrastive|val_(mse|ari_fg|ari_full|inter_cluster|intra_cluster|phase_spread)|val_ari_(fg|full)_n\d+")
+METRICS_HELP = "val_ari_fg, val_ari_full, val_mse, val_inter_cluster, val_intra_cluster, val_phase_spread, val_ari_fg_n<k>, val_ari_full_n<k>, loss, mse, contrastive"
 SMOKE_PROFILE = "tiny"
 SMOKE_MAX_SAMPLES = 4
 GRID_KEY = "_grid_point"  # Optuna parameter of the grid algorithm: an index into Study.grid_points()

@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_limits
 
 from ctcae_core.metrics import (
     METRIC_KEYS,
+    phase_spread,
     MetricAccumulator,
     adjusted_rand_index,
     ari_scores,
@@ -303,6 +304,7 @@ def test_metric_accumulator_means_per_object_count() -> None:
             "ari_full": [0.4, 0.6, 0.8],
             "inter_cluster": [1.0, 2.0, nan],
             "intra_cluster": [0.1, 0.1, 0.4],
+            "phase_spread": [0.01, 0.02, 0.03],
         }
     )
     batch2 = _metrics(
@@ -312,6 +314,7 @@ def test_metric_accumulator_means_per_object_count() -> None:
             "ari_full": [nan, 0.2],
             "inter_cluster": [3.0, 4.0],
             "intra_cluster": [0.2, 0.2],
+            "phase_spread": [nan, 0.14],
         }
     )
     n1, n2 = torch.tensor([2, 0, 3]), torch.tensor([2, 3])
@@ -325,6 +328,7 @@ def test_metric_accumulator_means_per_object_count() -> None:
     assert res["ari_full"] == pytest.approx((0.4 + 0.6 + 0.8 + 0.2) / 4)
     assert res["inter_cluster"] == pytest.approx(10.0 / 4)
     assert res["intra_cluster"] == pytest.approx(1.0 / 5)
+    assert res["phase_spread"] == pytest.approx(0.2 / 4)
     assert (res["count_n0"], res["count_n2"], res["count_n3"]) == (1, 2, 2)
     assert "count_n1" not in res and "ari_fg_n1" not in res
     assert "ari_fg_n0" not in res  # its only value is NaN
@@ -349,3 +353,34 @@ def test_metric_accumulator_means_per_object_count() -> None:
 def test_metric_accumulator_empty_is_nan() -> None:
     res = MetricAccumulator().compute()
     assert res["n_images"] == 0 and math.isnan(res["ari_fg"])
+
+
+# ------------------------------------------------------------------------- phase spread
+def test_phase_spread_against_scipy_circstd() -> None:
+    from scipy.stats import circstd
+
+    g = torch.Generator().manual_seed(11)
+    b, c, h, w = 4, 3, 12, 12
+    mag = torch.rand(b, c, h, w, generator=g) * 0.3  # about a third under the 0.1 threshold
+    scales = torch.tensor([1e-3, 0.05, 0.7, 3.0]).view(b, 1, 1, 1)
+    # centred near +-pi, where a plain std would see the wrap
+    phase = torch.remainder(math.pi + scales * torch.randn(b, c, h, w, generator=g) + math.pi, 2 * math.pi) - math.pi
+    got = phase_spread(mag, phase)
+    for i in range(b):
+        stds, counts = [], []
+        for ch in range(c):
+            sel = (mag[i, ch] > 0.1).numpy()
+            stds.append(circstd(phase[i, ch].double().numpy()[sel], high=math.pi, low=-math.pi))
+            counts.append(sel.sum())
+        want = float(np.average(stds, weights=counts))
+        assert float(got[i]) == pytest.approx(want, rel=1e-4, abs=1e-6), i
+    assert float(got[0]) == pytest.approx(1e-3, rel=0.2)  # float64 inside: resolves 1e-3 rad
+    assert float(got[1]) < float(got[2]) < float(got[3])
+
+
+def test_phase_spread_nan_without_strong_pixels_and_zero_for_constant_phase() -> None:
+    mag = torch.full((2, 3, 4, 4), 0.05)
+    mag[1] = 1.0
+    phase = torch.full((2, 3, 4, 4), 2.5)
+    got = phase_spread(mag, phase)
+    assert math.isnan(float(got[0])) and float(got[1]) == pytest.approx(0.0, abs=1e-6)

@@ -148,3 +148,32 @@ def test_complex_layer_autograd_functions_pass_gradcheck():
     m_out, phi_out = _ComplexActivation.apply(out)
     (m_out.sum() + phi_out.sum()).backward()
     assert torch.isfinite(out.grad).all() and torch.count_nonzero(out.grad[2:4]) == 0
+
+
+def test_symmetry_breaking_options_default_to_the_paper_and_act_only_where_asked():
+    from ctcae_core.config import ConfigError
+
+    torch.manual_seed(0)
+    paper = build_model(ModelConfig(**TINY), 32)
+    torch.manual_seed(0)
+    biased = build_model(ModelConfig(phase_bias_init=1.5, **TINY), 32)
+    # the weights are drawn first, so the paper's setting is unchanged by the option's existence
+    assert torch.equal(paper.encoder[0].layer.conv.weight, biased.encoder[0].layer.conv.weight)
+    biases = torch.cat([p.flatten() for n, p in biased.named_parameters() if n.endswith("phase_bias")])
+    assert biases.abs().max() <= 1.5 and biases.std() > 0.5
+    assert all(torch.count_nonzero(p) == 0 for n, p in paper.named_parameters() if n.endswith("phase_bias"))
+
+    noisy = build_model(ModelConfig(phase_noise=0.3, **TINY), 32)
+    x = torch.rand(2, 3, 32, 32)
+    noisy.eval()
+    a, b = noisy(x), noisy(x)
+    assert torch.equal(a.out_phase, b.out_phase)  # no noise at evaluation
+    noisy.train()
+    c = noisy(x, generator=torch.Generator().manual_seed(1))
+    d = noisy(x, generator=torch.Generator().manual_seed(2))
+    assert not torch.equal(c.out_phase, d.out_phase)
+    for bad in (float("nan"), -0.1, 4.0):
+        with pytest.raises(ConfigError, match="phase_noise"):
+            ModelConfig(phase_noise=bad, **TINY)
+        with pytest.raises(ConfigError, match="phase_bias_init"):
+            ModelConfig(phase_bias_init=bad, **TINY)

@@ -1,0 +1,225 @@
+"""Learning curves until grouping: long single runs that checkpoint, resume, and report.
+
+    python scripts/curves.py train ctcae_small_s0 ctcae_small_s1 --until 30000 --max-minutes 120
+    python scripts/curves.py report
+
+``train`` runs each named run of ``reports/curves/runs.yaml`` with ``ctcae_core.train.fit`` (no
+Ray, no MLflow), one after the other, evaluating every ``eval_every`` steps; it resumes from the
+run's last checkpoint, so the same command continues a curve across sessions. Each evaluation
+appends one row (step, cumulative wall and CPU seconds, training and validation figures) to the
+run's ``curve.csv``. ``--max-minutes`` stops cleanly after the first evaluation past the limit.
+
+``report`` gathers every run's ``curve.csv`` into ``reports/curves/curves.csv``, draws
+``curves.png`` (validation ARI-FG, phase spread and MSE against steps, ARI-FG against CPU time)
+and writes ``README.md`` with, per run, the first step and CPU time at which ARI-FG passes 0.3,
+0.5 and 0.7, or the highest value reached.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT_DIR = ROOT / "reports" / "curves"
+RUNS_FILE = REPORT_DIR / "runs.yaml"
+DEFAULT_RUN_ROOT = Path(os.environ.get("CTCAE_CURVES_DIR", Path.home() / ".cache" / "ctcae" / "curves"))
+COLUMNS = ("run", "step", "wall_s", "cpu_s", "loss", "mse", "contrastive", "val_mse", "val_ari_fg", "val_ari_full", "val_phase_spread")
+THRESHOLDS = (0.3, 0.5, 0.7)
+
+
+class _StopAfterCheckpoint(Exception):
+    """Raised from the report callback (after the checkpoint is on disk) to end a run early."""
+
+
+def load_runs(path: Path = RUNS_FILE) -> dict[str, dict[str, Any]]:
+    """name -> {profile, seed, set: [overrides], ...}, defaults merged in."""
+    spec = yaml.safe_load(path.read_text())
+    defaults = spec.get("defaults", {})
+    runs = {}
+    for name, run in (spec.get("runs") or {}).items():
+        merged = {**defaults, **run}
+        merged["set"] = list(defaults.get("set", [])) + list(run.get("set", []))
+        runs[name] = merged
+    return runs
+
+
+def run_config(name: str, run: dict[str, Any], until: int):
+    from ctcae_core.config import get_profile
+
+    overrides = list(run["set"]) + [
+        f"train.steps={until}", f"train.seed={run.get('seed', 0)}", f"train.batch_size={run.get('batch_size', 32)}",
+        f"train.lr={run.get('lr', 4e-4)}", f"train.eval_every={run.get('eval_every', 500)}",
+        f"train.eval_images={run.get('eval_images', 320)}", "train.device=cpu",
+    ]
+    return get_profile(run["profile"]).with_overrides(overrides + [f"name={name}"])
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def train_run(name: str, run: dict[str, Any], until: int, run_root: Path, deadline: float) -> int:
+    """Train (or continue) one run to ``until`` steps; returns the step reached."""
+    from ctcae_core.train import fit
+
+    out = run_root / name
+    ckpt = out / "checkpoint_last.pt"
+    cfg = run_config(name, run, until)
+    rows = _read_rows(out / "curve.csv")
+    resume = ckpt if ckpt.is_file() else None
+    done = 0
+    if resume is not None:
+        import torch
+
+        done = int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"])
+        rows = [r for r in rows if int(r["step"]) <= done]  # rows past the checkpoint are lost work
+    if done >= until:
+        print(f"{name}: already at step {done} >= {until}")
+        return done
+    wall0 = float(rows[-1]["wall_s"]) if rows else 0.0
+    cpu0 = float(rows[-1]["cpu_s"]) if rows else 0.0
+    t_wall, t_cpu = time.time(), time.process_time()
+    out.mkdir(parents=True, exist_ok=True)
+
+    def report(metrics: dict[str, Any], _ckpt_dir: Any) -> None:
+        row = {"run": name, "wall_s": round(wall0 + time.time() - t_wall, 1), "cpu_s": round(cpu0 + time.process_time() - t_cpu, 1)}
+        row.update({k: metrics.get(k, "") for k in COLUMNS if k not in row})
+        rows.append(row)
+        _write_rows(out / "curve.csv", rows)
+        print(f"{name} step {row['step']}: val ARI-FG {row['val_ari_fg']:.3f}, phase spread {row['val_phase_spread']:.4f}, "
+              f"val MSE {row['val_mse']:.4f}, CPU {row['cpu_s'] / 3600:.2f} h", flush=True)
+        if time.time() > deadline:
+            raise _StopAfterCheckpoint
+
+    try:
+        summary = fit(cfg, report, out_dir=out, resume=resume, progress=False)
+        return int(summary["step"])
+    except _StopAfterCheckpoint:
+        return int(rows[-1]["step"])
+
+
+def first_crossing(rows: list[dict[str, Any]], threshold: float) -> dict[str, Any] | None:
+    for r in rows:
+        if float(r["val_ari_fg"]) >= threshold:
+            return r
+    return None
+
+
+def write_report(run_root: Path, report_dir: Path = REPORT_DIR) -> Path:
+    """curves.csv, curves.png and README.md's table from every run's curve.csv."""
+    runs = load_runs(report_dir / "runs.yaml")
+    all_rows: list[dict[str, Any]] = []
+    per_run: dict[str, list[dict[str, Any]]] = {}
+    for name in runs:
+        rows = _read_rows(run_root / name / "curve.csv")
+        if rows:
+            per_run[name] = rows
+            all_rows += rows
+    _write_rows(report_dir / "curves.csv", all_rows)
+    _plot(per_run, report_dir / "curves.png")
+    lines = ["| run | steps | CPU h | " + " | ".join(f"ARI-FG >= {t}: step (CPU h)" for t in THRESHOLDS)
+             + " | best ARI-FG (step) | phase spread there | last phase spread |",
+             "|" + "---|" * (6 + len(THRESHOLDS))]
+    for name, rows in per_run.items():
+        cells = []
+        for t in THRESHOLDS:
+            hit = first_crossing(rows, t)
+            cells.append(f"{hit['step']} ({float(hit['cpu_s']) / 3600:.2f})" if hit else "–")
+        best = max(rows, key=lambda r: float(r["val_ari_fg"]))
+        last = rows[-1]
+        lines.append(f"| {name} | {last['step']} | {float(last['cpu_s']) / 3600:.2f} | " + " | ".join(cells)
+                     + f" | {float(best['val_ari_fg']):.3f} ({best['step']}) | {float(best['val_phase_spread']):.3f}"
+                     + f" | {float(last['val_phase_spread']):.3f} |")
+    table = "\n".join(lines)
+    readme = report_dir / "README.md"
+    text = readme.read_text() if readme.is_file() else "# Learning curves\n\n<!-- table -->\n<!-- /table -->\n"
+    head, _, rest = text.partition("<!-- table -->")
+    _, _, tail = rest.partition("<!-- /table -->")
+    readme.write_text(f"{head}<!-- table -->\n{table}\n<!-- /table -->{tail}")
+    return readme
+
+
+def _plot(per_run: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    panels = (("step", "val_ari_fg", "validation ARI-FG"), ("cpu_s", "val_ari_fg", "validation ARI-FG"),
+              ("step", "val_phase_spread", "output phase spread (rad)"), ("step", "val_mse", "validation MSE"))
+    colours = {"cae": "tab:blue", "caepp": "tab:orange", "ctcae": "tab:green"}
+    for ax, (x, y, label) in zip(axes.flat, panels):
+        for name, rows in per_run.items():
+            xs = [float(r[x]) / (3600 if x == "cpu_s" else 1) for r in rows]
+            ys = [float(r[y]) for r in rows]
+            variant = name.split("_")[0]
+            style = "-" if "_small" in name else "--"
+            ax.plot(xs, ys, style, color=colours.get(variant), alpha=0.85, label=name)
+        ax.set_xlabel("CPU hours (one thread)" if x == "cpu_s" else "training step")
+        ax.set_ylabel(label)
+        if y == "val_phase_spread":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=2)
+    fig.suptitle("Tetrominoes: CAE (blue), CAE++ (orange), CtCAE (green); solid _small, dashed half width")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python scripts/curves.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    tr = sub.add_parser("train", help="train or continue named runs of reports/curves/runs.yaml")
+    tr.add_argument("runs", nargs="+", help="run names (see reports/curves/runs.yaml)")
+    tr.add_argument("--until", type=int, default=30000, help="train each run to this step")
+    tr.add_argument("--max-minutes", type=float, default=math.inf, help="stop after the first evaluation past this")
+    tr.add_argument("--threads", type=int, default=1)
+    tr.add_argument("--run-root", type=Path, default=DEFAULT_RUN_ROOT, help="checkpoints and curve.csv per run")
+    rp = sub.add_parser("report", help="write reports/curves/{curves.csv,curves.png,README.md}")
+    rp.add_argument("--run-root", type=Path, default=DEFAULT_RUN_ROOT)
+    args = parser.parse_args(argv)
+    if args.cmd == "report":
+        print(write_report(args.run_root))
+        return 0
+    runs = load_runs()
+    unknown = [n for n in args.runs if n not in runs]
+    if unknown:
+        parser.error(f"unknown run(s) {unknown}; defined in {RUNS_FILE}: {sorted(runs)}")
+    if args.until <= 0:
+        parser.error("--until must be positive")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    deadline = time.time() + 60 * args.max_minutes
+    for name in args.runs:
+        if time.time() > deadline:
+            break
+        step = train_run(name, runs[name], args.until, args.run_root, deadline)
+        print(f"{name}: at step {step}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
