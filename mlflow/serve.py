@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import configparser
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -56,6 +55,10 @@ from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 AUTH_TEMPLATE = HERE / "basic_auth.ini"
+# The repository root, for the one redaction helper (search/redact.py imports nothing heavy). This
+# folder stays a plain directory: the real `mlflow` package still wins any `import mlflow`.
+sys.path.insert(0, str(HERE.parent))
+from search.redact import redact  # noqa: E402
 
 PRODUCTION_REQUIRED = (
     "MLFLOW_BACKEND_STORE_URI",
@@ -103,11 +106,6 @@ class ServerSettings:
         if self.app_name:
             cmd += ["--app-name", self.app_name]
         return cmd
-
-
-def redact(text: str) -> str:
-    """Hide the password of every ``scheme://user:password@host`` URI in `text`."""
-    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
 
 
 def local_settings(

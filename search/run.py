@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 # `python search/run.py` puts search/ (not the repo) first on sys.path: swap it for the repo root so that
@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from search.space import Study, StudyError, load_study  # noqa: E402
+from search.redact import redact  # noqa: E402
 from search.tracking import TrackingError, check_tracking_uri, default_tracking_uri  # noqa: E402
 
 EXIT_INTERRUPTED = 130
@@ -64,7 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--optuna-storage",
         help="SQLAlchemy URL of the Optuna storage (default: $CTCAE_OPTUNA_STORAGE or sqlite:///<storage>/optuna.db)",
     )
-    p.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    resume.add_argument("--resume-if-exists", action="store_true",
+                        help="resume the study if it exists, start it otherwise (re-submitted cluster jobs)")
     p.add_argument("--smoke-test", action="store_true", help="tiny model, few steps, at most 4 trials")
     p.add_argument("--top", type=int, default=10, help="rows of the final table to print (default 10)")
     return p.parse_args(argv)
@@ -143,6 +147,27 @@ def optuna_study_exists(url: str, name: str) -> bool:
         return False
 
 
+def should_resume(args: argparse.Namespace, name: str, exp_path: str, optuna_url: str, restorable: bool,
+                  optuna_exists: Callable[[], bool]) -> bool:
+    """Resume (True) or start (False) the study; raises StudyError when neither is safe.
+
+    ``--resume`` needs the Ray experiment at `exp_path`; a plain run refuses to overwrite one (or an
+    Optuna study of the same name); ``--resume-if-exists`` resumes when the experiment exists and
+    starts otherwise, so a re-submitted cluster job continues its study instead of failing.
+    """
+    if args.resume and not restorable:
+        raise StudyError(f"--resume: no study {name!r} to resume at {exp_path}")
+    if args.resume or (args.resume_if_exists and restorable):
+        return True
+    if restorable:
+        raise StudyError(f"study {name!r} already exists at {exp_path}; pass --resume or another --name")
+    if optuna_exists():
+        advice = (f"its Ray experiment {exp_path} is gone, so it cannot be resumed; pass another --name"
+                  if args.resume_if_exists else "pass --resume or another --name")
+        raise StudyError(f"Optuna study {name!r} already exists in {redact(optuna_url)}; {advice}")
+    return False
+
+
 def run(args: argparse.Namespace) -> int:
     t_start = time.time()
     study = configure(args)
@@ -163,14 +188,8 @@ def run(args: argparse.Namespace) -> int:
     from search.tracking import MlflowStudyCallback, Tracker, git_commit
     from search.trainable import TrialRuntime, run_trial
 
-    restorable = tune.Tuner.can_restore(exp_path)
-    if args.resume and not restorable:
-        raise StudyError(f"--resume: no study {study.name!r} to resume at {exp_path}")
-    if not args.resume:
-        if restorable:
-            raise StudyError(f"study {study.name!r} already exists at {exp_path}; pass --resume or another --name")
-        if optuna_study_exists(optuna_url, study.name):
-            raise StudyError(f"Optuna study {study.name!r} already exists in {optuna_url}; pass --resume or another --name")
+    args.resume = should_resume(args, study.name, exp_path, optuna_url, tune.Tuner.can_restore(exp_path),
+                                lambda: optuna_study_exists(optuna_url, study.name))
 
     runtime_env = {"env_vars": trial_env(os.environ)}
     if args.address:
@@ -184,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         study.name,
         exp_path,
         {"ctcae.git_commit": git_commit(ROOT), "mlflow.source.git.commit": git_commit(ROOT), "ctcae.ray_address": address,
-         "ctcae.storage": exp_path, "ctcae.optuna_storage": optuna_url, "ctcae.smoke_test": str(study.smoke)},
+         "ctcae.storage": redact(exp_path), "ctcae.optuna_storage": redact(optuna_url), "ctcae.smoke_test": str(study.smoke)},
         resume=args.resume,
     )
     if not args.resume:
@@ -196,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
                                     "num_samples": study.search.num_samples, "searched": ",".join(study.keys),
                                     "objective": ",".join(f"{m}:{o}" for m, o in zip(study.objective.metrics, study.objective.modes))})
     print(f"[ctcae] study {study.name}: {study.search.num_samples} trials ({study.search.algorithm}), "
-          f"Ray {address}, MLflow {uri} (parent run {parent}), results {exp_path}", flush=True)
+          f"Ray {address}, MLflow {redact(uri)} (parent run {parent}), results {redact(exp_path)}", flush=True)
 
     runtime = TrialRuntime(study=study, train_storage=f"{exp_path}/train_runs", metric=study.objective.metric,
                            mode=study.objective.mode)
@@ -257,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except (StudyError, TrackingError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2
 
 

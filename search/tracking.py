@@ -25,6 +25,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from search.redact import redact
+
 TAG_STUDY = "ctcae.study"
 TAG_STUDY_PATH = "ctcae.study_path"
 TAG_TRIAL = "ctcae.trial_id"
@@ -55,27 +57,31 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp:
                 if resp.status != 200:
-                    raise TrackingError(f"MLflow server {uri} answered {resp.status} on /health")
+                    raise TrackingError(f"MLflow server {redact(uri)} answered {resp.status} on /health")
         except (urllib.error.URLError, OSError) as e:
             raise TrackingError(
-                f"MLflow tracking server {uri} is not reachable ({e}); start it (see mlflow/) "
+                f"MLflow tracking server {redact(uri)} is not reachable ({redact(str(e))}); start it (see mlflow/) "
                 "or pass --tracking-uri / MLFLOW_TRACKING_URI"
             ) from None
     elif uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         if not db.parent.is_dir():
-            raise TrackingError(f"tracking store {uri}: directory {db.parent} does not exist")
+            raise TrackingError(f"tracking store {redact(uri)}: directory {db.parent} does not exist")
     elif uri.startswith("file:") or "://" not in uri:
-        raise TrackingError(f"tracking URI {uri!r}: the MLflow file store is deprecated; use sqlite:///PATH or a server")
+        raise TrackingError(f"tracking URI {redact(uri)!r}: the MLflow file store is deprecated; use sqlite:///PATH or a server")
 
 
 def git_commit(repo: Path) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
         sha = out.stdout.strip()
-        return sha if out.returncode == 0 and len(sha) == 40 else "unknown"
+        if out.returncode == 0 and len(sha) == 40:
+            return sha
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        pass
+    # no git (the container image): the commit the image was built from (k8s/Dockerfile's build arg)
+    sha = os.environ.get("CTCAE_GIT_COMMIT", "")
+    return sha if re.fullmatch(r"[0-9a-f]{40}", sha) else "unknown"
 
 
 def _client(uri: str):
@@ -170,7 +176,7 @@ class Tracker:
     def end(self, run_id: str, status: str, reason: str | None = None) -> None:
         """End a run: FINISHED, FAILED or KILLED, with the reason as a tag."""
         if reason:
-            self.client.set_tag(run_id, TAG_REASON, reason[:4900])
+            self.client.set_tag(run_id, TAG_REASON, redact(reason)[:4900])
         self.client.set_terminated(run_id, status=status)
 
     def status(self, run_id: str) -> str:
