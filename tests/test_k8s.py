@@ -29,6 +29,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
@@ -47,7 +48,8 @@ K8S_VERSIONS = ["1.30", "1.35"]  # oldest and newest minor we claim to support
 PROJECT_IMAGE = "ctcae"  # the image name every overlay rewrites
 GPU_GROUP = "gpu"
 GPU_RESOURCE = "nvidia.com/gpu"
-THIRD_PARTY_IMAGES = ("postgres:", "minio/minio:")
+THIRD_PARTY_IMAGES = ("postgres:", "minio/minio:", "minio/mc:")
+CONSTRAINTS = K8S / "constraints.txt"
 
 Doc = dict[str, Any]
 
@@ -340,12 +342,33 @@ def _service_ports(svc: Doc) -> dict[int, Any]:
 
 
 def _pods(docs: list[Doc]) -> list[tuple[str, dict, dict]]:
-    """(label, pod labels, pod spec) of every Deployment / StatefulSet."""
+    """(label, pod labels, pod spec) of every Deployment / StatefulSet / Job."""
     return [
         (f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["metadata"].get("labels", {}),
          d["spec"]["template"]["spec"])
-        for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+        for d in docs if d["kind"] in WORKLOAD_KINDS
     ]  # fmt: skip
+
+
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+
+
+def all_pods(docs: list[Doc]) -> list[tuple[str, dict, dict]]:
+    """(label, pod labels, pod spec) of every pod template of the build: workloads, Ray heads and
+    worker groups, RayJob submitters."""
+    out = _pods(docs)
+    for label, spec in cluster_specs(docs):
+        head = spec["headGroupSpec"]["template"]
+        out.append((f"{label} head", head.get("metadata", {}).get("labels", {}), head["spec"]))
+        for g in spec.get("workerGroupSpecs", []):
+            out.append((f"{label} worker:{g['groupName']}", g["template"].get("metadata", {}).get("labels", {}),
+                        g["template"]["spec"]))
+    for job in find(docs, "RayJob"):
+        sub = job["spec"].get("submitterPodTemplate")
+        if sub:
+            out.append((f"RayJob/{job['metadata']['name']} submitter", sub.get("metadata", {}).get("labels", {}),
+                        sub["spec"]))
+    return out
 
 
 def _service_backend(docs: list[Doc], host: str, port: int) -> str | None:
@@ -431,8 +454,8 @@ def check_references(docs: list[Doc]) -> list[str]:
                 problems.append(f"{where}: volume {vol['name']} uses missing PVC {claim}")
         if doc["kind"] == "StatefulSet" and ("Service", doc["spec"]["serviceName"]) not in names:
             problems.append(f"{where}: serviceName {doc['spec']['serviceName']} is not a Service")
-        if doc["kind"] in ("Deployment", "StatefulSet"):
-            selector = doc["spec"]["selector"]["matchLabels"]
+        if doc["kind"] in WORKLOAD_KINDS:
+            selector = doc["spec"].get("selector", {}).get("matchLabels", {})
             labels = doc["spec"]["template"]["metadata"].get("labels", {})
             if any(labels.get(k) != v for k, v in selector.items()):
                 problems.append(f"{where}: selector {selector} does not match its pod labels")
@@ -441,6 +464,7 @@ def check_references(docs: list[Doc]) -> list[str]:
             spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
             templates = [spec["headGroupSpec"]["template"]["spec"]]
             templates += [g["template"]["spec"] for g in spec.get("workerGroupSpecs", [])]
+            templates += [doc["spec"]["submitterPodTemplate"]["spec"]] if "submitterPodTemplate" in doc["spec"] else []
         else:
             templates = []
         for pod in templates:
@@ -707,10 +731,196 @@ def check_mlflow_server(docs: list[Doc]) -> list[str]:
 
 
 def check_rayjob_matches_raycluster(docs: list[Doc]) -> list[str]:
+    """The job's cluster is the interactive one (a suspended interactive cluster is still the same)."""
     clusters, jobs = find(docs, "RayCluster"), find(docs, "RayJob")
-    if len(clusters) == 1 and len(jobs) == 1 and jobs[0]["spec"]["rayClusterSpec"] != clusters[0]["spec"]:
-        return ["RayJob spec.rayClusterSpec differs from the interactive RayCluster spec"]
+    if len(clusters) == 1 and len(jobs) == 1:
+        interactive = {k: v for k, v in clusters[0]["spec"].items() if k != "suspend"}
+        if jobs[0]["spec"]["rayClusterSpec"] != interactive:
+            return ["RayJob spec.rayClusterSpec differs from the interactive RayCluster spec"]
     return []
+
+
+# -- pod security (restricted profile), least privilege, network, operations (issue 14) --------
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True}
+WRITABLE_PATHS = {"/tmp"}  # every container; Ray containers also /tmp/ray (see check_pod_security)
+
+
+def effective_security(pod: dict, container: dict) -> dict:
+    """The container's security settings after the pod's defaults (container fields win)."""
+    return {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+
+
+def security_problems(where: str, sec: dict) -> list[str]:
+    """What the Pod Security "restricted" profile (plus a read-only root) refuses in `sec`."""
+    problems = [f"{where}: securityContext.{k} must be {v}" for k, v in RESTRICTED_CONTAINER.items() if sec.get(k) is not v]
+    if sec.get("runAsNonRoot") is not True or sec.get("runAsUser") == 0:
+        problems.append(f"{where}: must run as non-root (runAsNonRoot: true)")
+    if "ALL" not in sec.get("capabilities", {}).get("drop", []) or sec.get("capabilities", {}).get("add"):
+        problems.append(f"{where}: capabilities must drop ALL and add none")
+    if sec.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        problems.append(f"{where}: seccompProfile must be RuntimeDefault")
+    if sec.get("privileged"):
+        problems.append(f"{where}: privileged")
+    return problems
+
+
+def check_pod_security(docs: list[Doc]) -> list[str]:
+    """Every container of every pod template (and KubeRay's autoscaler sidecar) is restricted, with
+    emptyDirs where it writes; every fsGroup pod skips the recursive chown; the namespace enforces
+    the restricted Pod Security profile."""
+    problems = []
+    for label, _, pod in all_pods(docs):
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        if "fsGroup" in pod.get("securityContext", {}) and pod["securityContext"].get("fsGroupChangePolicy") != "OnRootMismatch":
+            problems.append(f"{label}: fsGroup without fsGroupChangePolicy: OnRootMismatch")
+        for c in pod.get("initContainers", []) + pod.get("containers", []):
+            where = f"{label} {c['name']}"
+            problems += security_problems(where, effective_security(pod, c))
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            ray_node = label.split()[-1].startswith(("head", "worker:"))
+            needed = WRITABLE_PATHS | ({"/tmp/ray"} if ray_node else set())
+            for path in sorted(needed):
+                if "emptyDir" not in volumes.get(mounts.get(path, ""), {}):
+                    problems.append(f"{where}: read-only root file system but no emptyDir at {path}")
+            if "/tmp/ray" in mounts and mounts["/tmp/ray"] != "ray-logs":
+                problems.append(f"{where}: /tmp/ray must be volume ray-logs (KubeRay mounts that name into its autoscaler)")
+    for label, spec in cluster_specs(docs):
+        auto = spec.get("autoscalerOptions", {})
+        if spec.get("enableInTreeAutoscaling"):
+            problems += security_problems(f"{label} autoscaler", auto.get("securityContext", {}))
+    for ns in find(docs, "Namespace"):
+        if ns["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce") != "restricted":
+            problems.append(f"Namespace/{ns['metadata']['name']}: pod-security.kubernetes.io/enforce must be restricted")
+    return problems
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    if set(selector) - {"matchLabels"}:
+        raise ValueError(f"unsupported selector {selector}")  # matchExpressions: not used here
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def allowed_sources(docs: list[Doc], labels: dict) -> tuple[set[str], list[dict]]:
+    """Who may open connections to a pod with `labels`: (pods of the build, peers outside the
+    namespace as written). Without a policy selecting it, everyone."""
+    pods = all_pods(docs)
+    policies = [p for p in find(docs, "NetworkPolicy") if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+                and _selects(p["spec"]["podSelector"], labels)]  # fmt: skip
+    if not policies:
+        return {label for label, _, _ in pods}, [{"everyone": True}]
+    inside: set[str] = set()
+    outside: list[dict] = []
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            for peer in rule.get("from", [{}]):
+                if "namespaceSelector" in peer or "ipBlock" in peer or not peer:
+                    outside.append({**peer, "ports": rule.get("ports")})
+                    if peer:
+                        continue
+                inside |= {label for label, pod_labels, _ in pods if _selects(peer.get("podSelector", {}), pod_labels)}
+    return inside, outside
+
+
+def _component(label: str) -> str:
+    """'Deployment/ctcae-mlflow' -> 'mlflow'; 'RayJob/x head' -> 'ray-head'; '... worker:gpu' -> 'ray-worker'."""
+    if " head" in label:
+        return "ray-head"
+    if " worker:" in label:
+        return "ray-worker"
+    if " submitter" in label:
+        return "ray-submitter"
+    return label.split("/", 1)[1].removeprefix("ctcae-")
+
+
+def check_network_policies(docs: list[Doc]) -> list[str]:
+    """Every policy selects pods of the build; Postgres only from MLflow and the Ray heads, MinIO only
+    from MLflow (and its setup Job), the Ray heads (dashboard = remote code execution) only from
+    the namespace and the KubeRay operator's dashboard calls."""
+    problems = []
+    pods = all_pods(docs)
+    for pol in find(docs, "NetworkPolicy"):
+        where = f"NetworkPolicy/{pol['metadata']['name']}"
+        selectors = [pol["spec"]["podSelector"]]
+        selectors += [peer["podSelector"] for rule in pol["spec"].get("ingress", []) for peer in rule.get("from", [])
+                      if "podSelector" in peer and "namespaceSelector" not in peer]  # fmt: skip
+        for sel in selectors:
+            if sel and not any(_selects(sel, labels) for _, labels, _ in pods):
+                problems.append(f"{where}: selector {sel} matches no pod of the build")
+    if not find(docs, "NetworkPolicy"):
+        return ["no NetworkPolicy: every pod can reach Postgres, MinIO and the Ray dashboard"]
+    expected = {"postgres": {"mlflow", "ray-head"}, "minio": {"mlflow", "minio-setup"}}
+    for label, labels, _ in pods:
+        inside, outside = allowed_sources(docs, labels)
+        comp = _component(label)
+        sources = {_component(s) for s in inside}
+        if comp in expected:
+            if sources != expected[comp] or outside:
+                problems.append(f"{label}: reachable from {sorted(sources)} {outside or ''}, expected only {sorted(expected[comp])}")
+        elif comp == "ray-head":
+            for peer in outside:
+                if peer.get("ipBlock") or not peer.get("namespaceSelector") or [p.get("port") for p in peer["ports"] or []] != [8265]:
+                    problems.append(f"{label}: reachable from outside the namespace: {peer}")
+    return problems
+
+
+def check_least_privilege(docs: list[Doc]) -> list[str]:
+    """Ray workers hold no credentials; the Postgres superuser and the MinIO root stay with Postgres,
+    MinIO and the MinIO setup Job; MLflow, its auth database and Optuna use different roles."""
+    problems = []
+    owners = {"ctcae-postgres": {"postgres"}, "ctcae-minio": {"minio", "minio-setup"}}
+    for label, _, pod in all_pods(docs):
+        for c in pod.get("containers", []):
+            refs = {v["valueFrom"]["secretKeyRef"]["name"] for v in c.get("env", []) if "secretKeyRef" in v.get("valueFrom", {})}
+            comp = _component(label)
+            if comp == "ray-worker" and refs:
+                problems.append(f"{label}: Ray workers never log to MLflow or open databases, yet get Secrets {sorted(refs)}")
+            for secret, allowed in owners.items():
+                if secret in refs and comp not in allowed:
+                    problems.append(f"{label}: gets Secret {secret} (only {sorted(allowed)} may)")
+    users: dict[str, set[str]] = {}
+    for c in iter_containers(docs):
+        for var in c.get("env", []):
+            for user, _ in CREDENTIAL_URI_RE.findall(var.get("value", "")):
+                db = urlsplit(URI_RE.search(var["value"]).group(0)).path.strip("/")
+                users.setdefault(db, set()).add(user)
+    for db, names in users.items():
+        others = set().union(*(n for d, n in users.items() if d != db))
+        if names & others:
+            problems.append(f"database {db} shares a Postgres role {sorted(names & others)} with another database")
+    return problems
+
+
+def pinned_ray() -> str:
+    return next(line.split("==", 1)[1] for line in CONSTRAINTS.read_text().splitlines() if line.startswith("ray=="))
+
+
+def check_operations(docs: list[Doc]) -> list[str]:
+    """Pinned third-party images, rayVersion = the image's Ray, token auth, a deadline and resuming on
+    every RayJob, generated datasets on the shared volume."""
+    problems = []
+    for c in iter_containers(docs):
+        name, ref = _split_image(c["image"])
+        if name.split("/")[-1].startswith(PROJECT_IMAGE):
+            continue
+        if not (ref.startswith("@sha256:") or "@sha256:" in c["image"] or re.fullmatch(
+                r":(\d+\.\d+[\w.-]*|RELEASE\.\d{4}-\d\d-\d\dT[\dZ-]+)", ref)):  # fmt: skip
+            problems.append(f"container {c['name']}: image {c['image']} is not pinned (digest or an immutable version tag)")
+    ray = pinned_ray()
+    for label, spec in cluster_specs(docs):
+        if spec.get("rayVersion") != ray:
+            problems.append(f"{label}: rayVersion {spec.get('rayVersion')} != the image's pinned ray {ray}")
+        if spec.get("authOptions", {}).get("mode") != "token":
+            problems.append(f"{label}: authOptions.mode must be token (the dashboard runs any code it is sent)")
+        for group, _, c in ray_groups(spec):
+            cache = env_value(c, "CTCAE_DATA_CACHE") or ""
+            if not cache.startswith("/mnt/ray-storage/"):
+                problems.append(f"{label} {group}: CTCAE_DATA_CACHE={cache or None}, not on the shared volume")
+    for job in find(docs, "RayJob"):
+        if not job["spec"].get("activeDeadlineSeconds", 0) > 0:
+            problems.append(f"RayJob/{job['metadata']['name']}: no activeDeadlineSeconds")
+        if "--resume-if-exists" not in entrypoint_args(job):
+            problems.append(f"RayJob/{job['metadata']['name']}: a re-submitted study must resume (--resume-if-exists)")
+    return problems
 
 
 def cross_checks(docs: list[Doc], production: bool = True) -> list[str]:
@@ -718,7 +928,8 @@ def cross_checks(docs: list[Doc], production: bool = True) -> list[str]:
     problems: list[str] = []
     for check in (check_entrypoint, check_references, check_service_uris, check_databases, check_tracking_uri, check_same_image,
                   check_ray_topology, check_no_literal_credentials, check_services_internal,
-                  check_mlflow_server, check_rayjob_matches_raycluster):  # fmt: skip
+                  check_mlflow_server, check_rayjob_matches_raycluster, check_pod_security, check_network_policies,
+                  check_least_privilege, check_operations):  # fmt: skip
         problems += check(docs)
     problems += check_gpu_placement(docs, require_gpu_group=production)
     problems += check_ray_storage(docs, require_rwx=production)
@@ -854,12 +1065,31 @@ def test_gpu_overlay_facts() -> None:
     assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"][GPU_RESOURCE] == "1"
     assert gpu["minReplicas"] == 0 and gpu["maxReplicas"] == 8
     assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
-    assert _flag(entrypoint_args(job), "--space") == "ablations/arch.yaml"
+    assert _flag(entrypoint_args(job), "--space") == "ablations/arch_gpu.yaml"
     assert project_image(docs) == {"registry.example.com/ctcae/ctcae:0.1.0"}
     head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
-    assert env_value(head, "CTCAE_OPTUNA_STORAGE").endswith("@ctcae-postgres:5432/optuna")
-    init = one(docs, "ConfigMap", "ctcae-postgres-init")["data"]["10-databases.sql"]
-    assert "CREATE DATABASE optuna" in init and "CREATE DATABASE mlflow_auth" in init
+    assert env_value(head, "CTCAE_OPTUNA_STORAGE") == (
+        "postgresql+psycopg2://$(OPTUNA_DB_USER):$(OPTUNA_DB_PASSWORD)@ctcae-postgres:5432/optuna")
+    init = one(docs, "ConfigMap", "ctcae-postgres-init")["data"]["10-roles-and-databases.sh"]
+    for db, role in (("mlflow", "mlflow_user"), ("mlflow_auth", "auth_user"), ("optuna", "optuna_user")):
+        assert f'CREATE DATABASE {db} OWNER :"{role}";' in init
+    assert "REVOKE ALL ON DATABASE mlflow, mlflow_auth, optuna FROM PUBLIC" in init
+
+
+def test_gpu_overlay_study_asks_for_gpus() -> None:
+    """The study the GPU overlay runs uses its GPUs: one per trial, the paper's model and budget,
+    and no more concurrent trials than GPU workers."""
+    from search.space import load_study
+
+    job = one(built("overlays/gpu"), "RayJob")
+    study = load_study(ROOT / _flag(entrypoint_args(job), "--space"))
+    assert study.resources.gpus_per_worker >= 1
+    assert not study.profile.endswith("_small") and study.base.model.enc_channels == (128, 128, 256, 256, 256)
+    assert study.base.train.steps == 50000
+    gpu_group = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert study.search.max_concurrent <= gpu_group["maxReplicas"]
+    assert study.resources.cpus_per_worker <= int(gpu_group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+    assert _flag(entrypoint_args(job), "--name") == study.name
 
 
 def test_local_overlay_has_no_gpu_and_single_node_storage() -> None:
@@ -869,12 +1099,49 @@ def test_local_overlay_has_no_gpu_and_single_node_storage() -> None:
         assert all(not _gpu(c) for _, _, c in ray_groups(spec))
         assert "tolerations" not in spec["workerGroupSpecs"][0]["template"]["spec"]
     assert one(docs, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteOnce"]
-    assert project_image(docs) == {"ctcae:dev"}
+    assert project_image(docs) == {"ctcae:dev-cpu"}  # the CPU image variant (k8s/Dockerfile VARIANT=cpu)
+    assert one(docs, "RayCluster")["spec"]["suspend"] is True
+
+
+def _quantity(q: str | int) -> float:
+    """Kubernetes memory quantity in GiB."""
+    units = {"Ki": 2**-20, "Mi": 2**-10, "Gi": 1, "Ti": 2**10}
+    q = str(q)
+    for unit, scale in units.items():
+        if q.endswith(unit):
+            return float(q[: -len(unit)]) * scale
+    return float(q) / 2**30
+
+
+def test_local_overlay_fits_an_8_gib_laptop_node() -> None:
+    """Everything that runs at once (MLflow, Postgres, MinIO, the setup Job, the RayJob's head with
+    its autoscaler, the submitter, every worker at maxReplicas) fits one kind/minikube node of 8 GiB
+    (about 6 GiB allocatable after the system pods); the suspended RayCluster runs no pod."""
+    docs = built("overlays/local")
+    totals = {"requests": 0.0, "limits": 0.0}
+
+    def add(resources: dict, times: int = 1) -> None:
+        for kind in totals:
+            totals[kind] += times * _quantity(resources.get(kind, resources.get("requests", {})).get("memory", 0))
+
+    for d in docs:
+        if d["kind"] in WORKLOAD_KINDS:
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                add(c["resources"], d["spec"].get("replicas", 1))
+    clusters = [spec for _, spec in cluster_specs(docs) if not spec.get("suspend")]
+    assert len(clusters) == 1
+    for group, gspec, c in ray_groups(clusters[0]):
+        add(c["resources"], 1 if group == "head" else gspec["maxReplicas"])
+    add(clusters[0]["autoscalerOptions"]["resources"])
+    add(one(docs, "RayJob")["spec"]["submitterPodTemplate"]["spec"]["containers"][0]["resources"])
+    assert totals["requests"] <= 6.0, totals
+    assert totals["limits"] <= 8.0, totals
 
 
 def test_every_secret_reference_is_documented() -> None:
     refs = secret_refs(built("overlays/gpu"))
-    assert {n for n, _ in refs} == {"ctcae-postgres", "ctcae-minio", "ctcae-mlflow-auth"}
+    assert {n for n, _ in refs} == {"ctcae-postgres", "ctcae-postgres-mlflow", "ctcae-postgres-mlflow-auth",
+                                    "ctcae-postgres-optuna", "ctcae-minio", "ctcae-minio-mlflow", "ctcae-mlflow-auth"}
     assert refs <= documented_secrets()
 
 
@@ -885,12 +1152,211 @@ def test_dockerfile() -> None:
     index = re.search(r"^ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cu(\d+)$", text, re.M)
     assert index and index.group(1) == cuda.group(1) + cuda.group(2), "torch CUDA wheels must match the CUDA base"
     assert 'TORCH_SPEC="torch>=2.6,<2.15"' in text
-    assert re.search(r'install "\.\[search\]" "mlflow\[auth\]"', text)  # auth: the basic-auth app
+    # every install is pinned by the constraints; mlflow[auth]: the basic-auth app
+    installs = re.findall(r"^RUN uv pip install (.*)$", text, re.M)
+    assert len(installs) == 3 and all("-c k8s/constraints.txt" in i for i in installs[:2]) and "--no-deps ." in installs[2]
+    assert re.search(r'-r pyproject\.toml --extra search "mlflow\[auth\]"', text)
     workdir = re.search(r"^WORKDIR (\S+)", text, re.M).group(1)
     for _, spec in cluster_specs(built("overlays/gpu")):
         assert {c.get("workingDir") for _, _, c in ray_groups(spec)} == {workdir}
     assert re.search(r"^USER 1000$", text, re.M)
     assert not (ROOT / "mlflow" / "__init__.py").exists()
+
+
+def test_dockerfile_installs_dependencies_before_the_source() -> None:
+    """A code change must not reinstall torch and Ray: the source is copied after the dependency
+    layers, which see only pyproject.toml, README.md and the constraints."""
+    lines = (K8S / "Dockerfile").read_text().splitlines()
+    copies = [i for i, line in enumerate(lines) if line.startswith("COPY ") and "--from" not in line]
+    source = next(i for i in copies if lines[i].startswith("COPY . "))
+    dep_installs = [i for i, line in enumerate(lines) if "uv pip install" in line and "--no-deps ." not in line]
+    assert dep_installs and max(dep_installs) < source
+    assert all(re.fullmatch(r"COPY (pyproject\.toml README\.md /app/|k8s/constraints\.txt /app/k8s/constraints\.txt)", lines[i])
+               for i in copies if i < source)
+    assert source > max(dep_installs) and any("--no-deps ." in line for line in lines[source:])
+
+
+def test_dockerignore_keeps_local_results_out_of_the_image() -> None:
+    """BuildKit reads k8s/Dockerfile.dockerignore for k8s/Dockerfile: local results, caches,
+    databases and environments never reach the build context."""
+    patterns = {ln.strip() for ln in (K8S / "Dockerfile.dockerignore").read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")}  # fmt: skip
+    for needed in (".git", "**/.venv", "**/ray_results", "runs", "**/.cache", "data", "**/mlruns", "**/mlflow-data",
+                   "**/*.db", "**/__pycache__"):  # fmt: skip
+        assert needed in patterns, needed
+    assert not [p for p in patterns if p.startswith("!")]
+    # nothing the image needs is excluded; local results are
+    for path, excluded in (("pyproject.toml", False), ("README.md", False), ("k8s/constraints.txt", False),
+                           ("search/run.py", False), ("ctcae_core/data/storage.py", False), ("mlflow/serve.py", False),
+                           ("ablations/arch_gpu.yaml", False), ("data/tetrominoes/x.parquet", True),
+                           ("ray_results/arch/optuna.db", True), ("sub/.venv/bin/python", True), ("mlflow.db", True)):
+        assert any(_dockerignored(path, p) for p in patterns) is excluded, path
+
+
+def _dockerignored(path: str, pattern: str) -> bool:
+    """Docker's rule, for the patterns used: a path is out when it or a parent folder matches
+    (``**/`` matches any number of leading folders)."""
+    parts = Path(path).parts
+    if pattern.startswith("**/"):
+        return any(fnmatch.fnmatch("/".join(parts[i:j]), pattern[3:])
+                   for i in range(len(parts)) for j in range(i + 1, len(parts) + 1))  # fmt: skip
+    return any(fnmatch.fnmatch("/".join(parts[: i + 1]), pattern) for i in range(len(parts)))
+
+
+def test_dockerfile_cpu_variant() -> None:
+    """VARIANT=cpu: a plain Ubuntu base and PyTorch's CPU wheels, checked at build time."""
+    text = (K8S / "Dockerfile").read_text()
+    assert re.search(r"^ARG VARIANT=cuda$", text, re.M) and re.search(r"^FROM base-\$\{VARIANT\}$", text, re.M)
+    assert re.search(r"^FROM docker\.io/library/ubuntu:22\.04 AS base-cpu$", text, re.M)
+    assert "https://download.pytorch.org/whl/cpu" in text
+    assert "torch.version.cuda) == (os.environ['CTCAE_IMAGE_VARIANT'] == 'cuda')" in text
+    assert "VARIANT=cpu" in (K8S / "overlays" / "local" / "kustomization.yaml").read_text()
+
+
+def test_image_commit_reaches_the_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GIT_COMMIT build arg -> env CTCAE_GIT_COMMIT + OCI revision label; without git (the image),
+    search.tracking.git_commit reads the env var, which MLflow gets as ctcae.git_commit."""
+    text = (K8S / "Dockerfile").read_text()
+    assert re.search(r"^ARG GIT_COMMIT=unknown$", text, re.M)
+    assert re.search(r"^ENV CTCAE_GIT_COMMIT=\$\{GIT_COMMIT\}$", text, re.M)
+    assert re.search(r"^LABEL org\.opencontainers\.image\.revision=\$\{GIT_COMMIT\}", text, re.M)
+    from search.tracking import git_commit
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("CTCAE_GIT_COMMIT", sha)
+    assert git_commit(tmp_path) == sha  # tmp_path is no git checkout
+    monkeypatch.setenv("CTCAE_GIT_COMMIT", "not-a-sha")
+    assert git_commit(tmp_path) == "unknown"
+    monkeypatch.delenv("CTCAE_GIT_COMMIT")
+    assert git_commit(tmp_path) == "unknown"
+    assert len(git_commit(ROOT)) == 40 or not (ROOT / ".git").exists()  # git wins where it works
+
+
+def test_rayversion_equals_the_pinned_ray() -> None:
+    """The image installs k8s/constraints.txt's Ray; every RayCluster / RayJob declares exactly it,
+    and it is the Ray the tests run with."""
+    ray = pinned_ray()
+    assert ray == importlib.metadata.version("ray")
+    for name in KUSTOMIZATIONS:
+        specs = cluster_specs(built(name))
+        assert len(specs) == 2 and {spec["rayVersion"] for _, spec in specs} == {ray}, name
+
+
+def test_constraints_are_the_tested_environment() -> None:
+    """k8s/constraints.txt is what k8s/freeze_constraints.py writes from this environment: the
+    project's dependency closure at the installed versions, without test tools or the project."""
+    out = subprocess.run([sys.executable, str(K8S / "freeze_constraints.py"), "--check"], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    pins = dict(line.split("==", 1) for line in CONSTRAINTS.read_text().splitlines() if "==" in line)
+    for name in ("ray", "torch", "mlflow", "optuna", "numpy", "pyarrow", "psycopg2-binary", "boto3", "flask-wtf"):
+        assert name in pins, name
+    assert "ctcae" not in pins and "pytest" not in pins and "kubernetes-validate" not in pins
+    assert "+" not in pins["torch"]  # the CUDA build of the same version must match
+    assert pins["mlflow"] == importlib.metadata.version("mlflow")
+
+
+def test_entrypoint_resumes_a_resubmitted_study() -> None:
+    from search.run import parse_args
+
+    for name in KUSTOMIZATIONS:
+        args = entrypoint_args(one(built(name), "RayJob"))
+        assert "--resume-if-exists" in args, name
+        assert parse_args(args[2:]).resume_if_exists
+
+
+RESUME_CASES = [  # (flags, Ray experiment exists, Optuna study exists) -> resume, or the error's words
+    ([], False, False, False),
+    ([], True, False, "already exists at"),
+    ([], False, True, "Optuna study 'arch' already exists"),
+    (["--resume"], True, True, True),
+    (["--resume"], False, False, "no study 'arch' to resume"),
+    (["--resume-if-exists"], False, False, False),
+    (["--resume-if-exists"], True, True, True),
+    (["--resume-if-exists"], True, False, True),
+    (["--resume-if-exists"], False, True, "cannot be resumed"),
+]
+
+
+@pytest.mark.parametrize("flags,restorable,optuna_exists,expected", RESUME_CASES)
+def test_resume_if_exists_decision(flags: list[str], restorable: bool, optuna_exists: bool, expected: bool | str) -> None:
+    from search.run import parse_args, should_resume
+    from search.space import StudyError
+
+    args = parse_args(["--space", "ablations/arch.yaml", *flags])
+    url = "postgresql+psycopg2://optuna:hunter2@ctcae-postgres:5432/optuna"
+    call = lambda: should_resume(args, "arch", "/mnt/ray-storage/ctcae/arch", url, restorable, lambda: optuna_exists)  # noqa: E731
+    if isinstance(expected, bool):
+        assert call() is expected
+    else:
+        with pytest.raises(StudyError, match=re.escape(expected)) as err:
+            call()
+        assert "hunter2" not in str(err.value)
+
+
+def test_resume_flags_exclude_each_other(capsys: pytest.CaptureFixture) -> None:
+    from search.run import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--space", "ablations/arch.yaml", "--resume", "--resume-if-exists"])
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_study_job_submits_another_study_beside_the_first() -> None:
+    """k8s/study_job.py: the overlay's RayJob with a generated name and another study; it still
+    passes the schema and the entrypoint checks."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("study_job", K8S / "study_job.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name in ("overlays/gpu", "overlays/local"):
+        job = mod.study_job(built(name), "ablations/contrastive_small.yaml", "contrastive_small")
+        assert "name" not in job["metadata"] and job["metadata"]["generateName"] == "ctcae-contrastive-small-"
+        args = entrypoint_args(job)
+        assert _flag(args, "--space") == "ablations/contrastive_small.yaml" and _flag(args, "--name") == "contrastive_small"
+        assert "--resume-if-exists" in args
+        job["metadata"]["name"] = "x"  # what the API server fills in
+        assert check_kuberay_schemas([job]) == [] and check_entrypoint([job]) == [] and check_operations([job]) == []
+    with pytest.raises(ValueError, match="no such study file"):
+        mod.study_job(built("overlays/gpu"), "ablations/nope.yaml", "nope")
+    with pytest.raises(ValueError, match="--name"):
+        mod.study_job(built("overlays/gpu"), "ablations/smoke.yaml", "Bad Name")
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_every_container_is_restricted(name: str) -> None:
+    """Non-root, no privilege escalation, capabilities dropped, RuntimeDefault seccomp, read-only
+    root with emptyDirs, on every container of every pod template of the build."""
+    docs = built(name)
+    containers = [(label, c) for label, _, pod in all_pods(docs) for c in pod["containers"]]
+    assert len(containers) >= 9  # mlflow, postgres, minio, mc, 2 x (head, worker), submitter
+    assert check_pod_security(docs) == []
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_every_network_policy_selects_pods_of_the_build(name: str) -> None:
+    docs = built(name)
+    policies = find(docs, "NetworkPolicy")
+    assert len(policies) >= 5
+    pods = all_pods(docs)
+    for pol in policies:
+        sel = pol["spec"]["podSelector"]
+        assert sel == {} or any(_selects(sel, labels) for _, labels, _ in pods), pol["metadata"]["name"]
+    assert check_network_policies(docs) == []
+    by_component = {_component(label): labels for label, labels, _ in pods}
+    sources = lambda comp: {_component(s) for s in allowed_sources(docs, by_component[comp])[0]}  # noqa: E731
+    assert sources("postgres") == {"mlflow", "ray-head"}
+    assert sources("minio") == {"mlflow", "minio-setup"}
+    assert "ray-worker" in sources("ray-head") and "ray-submitter" in sources("ray-head")
+
+
+def test_kuberay_token_auth_is_in_the_crd_and_used() -> None:
+    """The CRD offers authOptions.mode token (so it is used, not only documented)."""
+    spec = _resolve(_resolve(KUBERAY["RayCluster"])["properties"]["spec"])
+    assert "token" in _resolve(spec["properties"]["authOptions"])["properties"]["mode"]["enum"]
+    for name in KUSTOMIZATIONS:
+        assert {s.get("authOptions", {}).get("mode") for _, s in cluster_specs(built(name))} == {"token"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -975,7 +1441,7 @@ MUTATIONS: dict[str, tuple[Callable[[list[Doc]], None], str]] = {
     "no GPU on the GPU group": (lambda docs: _job(docs)["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
                                 ["containers"][0]["resources"]["limits"].pop(GPU_RESOURCE), "no nvidia.com/gpu limit"),
     "study file missing": (lambda docs: _job(docs).update(entrypoint=_job(docs)["entrypoint"].replace(
-        "ablations/arch.yaml", "ablations/archh.yaml")), "ablations/archh.yaml"),
+        "ablations/arch_gpu.yaml", "ablations/archh.yaml")), "ablations/archh.yaml"),
     "tracking port wrong": (lambda docs: _env(_worker(docs), "MLFLOW_TRACKING_URI").update(
         value="http://ctcae-mlflow:5001"), "MLFLOW_TRACKING_URI"),
     "tracking host wrong": (lambda docs: _env(_head(docs, "RayCluster"), "MLFLOW_TRACKING_URI").update(
@@ -998,14 +1464,14 @@ MUTATIONS: dict[str, tuple[Callable[[list[Doc]], None], str]] = {
                       "ClusterIP"),
     "allowed hosts miss the Service": (lambda docs: _env(_mlflow(docs), "MLFLOW_ALLOWED_HOSTS").update(
         value="localhost:*"), "allowed-hosts"),
-    "undocumented secret": (lambda docs: _env(_mlflow(docs), "POSTGRES_PASSWORD")["valueFrom"]["secretKeyRef"].update(
+    "undocumented secret": (lambda docs: _env(_mlflow(docs), "MLFLOW_DB_PASSWORD")["valueFrom"]["secretKeyRef"].update(
         key="pw"), "never creates it"),
     "storage not shared": (lambda docs: _worker(docs).pop("volumeMounts"), "--storage"),
     "mlflow probe wrong path": (lambda docs: _mlflow(docs)["readinessProbe"]["httpGet"].update(path="/"), "/health"),
     "mlflow not in production": (lambda docs: _mlflow(docs).update(command=["python", "mlflow/serve.py", "--mode",
                                                                             "local"]), "--mode production"),
-    "database never created": (lambda docs: one(docs, "ConfigMap", "ctcae-postgres-init")["data"].update(
-        {"10-databases.sql": "CREATE DATABASE mlflow_auth;\n"}), "'optuna' is never created"),
+    "database never created": (lambda docs: one(docs, "ConfigMap", "ctcae-postgres-init").update(
+        data={"10-roles-and-databases.sh": "CREATE DATABASE mlflow_auth;\n"}), "'optuna' is never created"),
     "missing ConfigMap": (lambda docs: docs.remove(one(docs, "ConfigMap", "ctcae-postgres-init")),
                           "missing ConfigMap ctcae-postgres-init"),
     "mount without volume": (lambda docs: _head(docs)["volumeMounts"].append({"name": "cache", "mountPath": "/c"}),
@@ -1016,6 +1482,52 @@ MUTATIONS: dict[str, tuple[Callable[[list[Doc]], None], str]] = {
         port=5433), "no port 5432"),
     "RayJob drifts from RayCluster": (lambda docs: _job(docs)["rayClusterSpec"]["workerGroupSpecs"][0].update(
         maxReplicas=3), "differs"),
+    # issue 14: pod security, network, least privilege, operations
+    "root container": (lambda docs: _mlflow(docs)["securityContext"].update(runAsNonRoot=False), "non-root"),
+    "privilege escalation": (lambda docs: _worker(docs)["securityContext"].pop("allowPrivilegeEscalation"),
+                             "allowPrivilegeEscalation"),
+    "capability kept": (lambda docs: _head(docs)["securityContext"]["capabilities"].update(drop=["NET_RAW"]),
+                        "drop ALL"),
+    "no seccomp": (lambda docs: one(docs, "StatefulSet", "ctcae-postgres")["spec"]["template"]["spec"]["securityContext"]
+                   .pop("seccompProfile"), "seccompProfile"),
+    "writable root": (lambda docs: _job(docs)["submitterPodTemplate"]["spec"]["containers"][0]["securityContext"]
+                      .update(readOnlyRootFilesystem=False), "readOnlyRootFilesystem"),
+    "no /tmp/ray emptyDir": (lambda docs: _worker(docs, "RayCluster")["volumeMounts"].pop(3), "no emptyDir at /tmp/ray"),
+    "autoscaler unrestricted": (lambda docs: _job(docs)["rayClusterSpec"]["autoscalerOptions"].pop("securityContext"),
+                                "autoscaler"),
+    "recursive chown": (lambda docs: one(docs, "StatefulSet", "ctcae-minio")["spec"]["template"]["spec"]
+                        ["securityContext"].pop("fsGroupChangePolicy"), "OnRootMismatch"),
+    "namespace not restricted": (lambda docs: one(docs, "Namespace")["metadata"]["labels"].update(
+        {"pod-security.kubernetes.io/enforce": "baseline"}), "enforce must be restricted"),
+    "policy selects nothing": (lambda docs: one(docs, "NetworkPolicy", "ctcae-minio-ingress")["spec"]["podSelector"]
+                               ["matchLabels"].update({"app.kubernetes.io/name": "minio"}), "matches no pod"),
+    "workers reach Postgres": (lambda docs: one(docs, "NetworkPolicy", "ctcae-postgres-ingress")["spec"]["ingress"][0]
+                               ["from"].append({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "ctcae-ray"}}}),
+                               "expected only ['mlflow', 'ray-head']"),
+    "Ray head reaches MinIO": (lambda docs: one(docs, "NetworkPolicy", "ctcae-minio-ingress")["spec"]["ingress"][0]
+                               ["from"].append({"podSelector": {"matchLabels": {"app.kubernetes.io/component": "ray-head"}}}),
+                               "expected only ['minio-setup', 'mlflow']"),
+    "dashboard open to all": (lambda docs: one(docs, "NetworkPolicy", "ctcae-ray-head-ingress")["spec"]["ingress"].append(
+        {"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}), "reachable from outside the namespace"),
+    "no network policies": (lambda docs: [docs.remove(p) for p in find(docs, "NetworkPolicy")], "no NetworkPolicy"),
+    "workers get MLflow admin": (lambda docs: _worker(docs)["env"].append(
+        {"name": "MLFLOW_TRACKING_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "ctcae-mlflow-auth",
+                                                                             "key": "admin-password"}}}),
+        "Ray workers never log"),
+    "MLflow as Postgres superuser": (lambda docs: _env(_mlflow(docs), "MLFLOW_DB_PASSWORD")["valueFrom"]["secretKeyRef"]
+                                     .update(name="ctcae-postgres"), "gets Secret ctcae-postgres"),
+    "shared Postgres role": (lambda docs: _env(_head(docs), "CTCAE_OPTUNA_STORAGE").update(
+        value="postgresql+psycopg2://$(MLFLOW_DB_USER):$(OPTUNA_DB_PASSWORD)@ctcae-postgres:5432/optuna"),
+        "shares a Postgres role"),
+    "floating postgres tag": (lambda docs: one(docs, "StatefulSet", "ctcae-postgres")["spec"]["template"]["spec"]
+                              ["containers"][0].update(image="docker.io/library/postgres:16-alpine"), "not pinned"),
+    "rayVersion drifts": (lambda docs: _job(docs)["rayClusterSpec"].update(rayVersion="2.59.0"), "pinned ray"),
+    "no token auth": (lambda docs: one(docs, "RayCluster")["spec"].pop("authOptions"), "authOptions.mode"),
+    "no deadline": (lambda docs: _job(docs).pop("activeDeadlineSeconds"), "activeDeadlineSeconds"),
+    "no resume": (lambda docs: _job(docs).update(entrypoint=_job(docs)["entrypoint"].replace(" --resume-if-exists", "")),
+                  "--resume-if-exists"),
+    "data cache per pod": (lambda docs: _env(_worker(docs), "CTCAE_DATA_CACHE").update(value="/tmp/cache"),
+                           "not on the shared volume"),
 }  # fmt: skip
 
 

@@ -279,18 +279,19 @@ def _kubernetes_env(secret_values: dict[str, str]) -> dict[str, str]:
 def test_production_command_from_the_kubernetes_environment(tmp_path: Path) -> None:
     password = "s3cr3t" + secrets.token_hex(4)
     fake = {
-        "ctcae-postgres/username": "ctcae", "ctcae-postgres/password": password,
-        "ctcae-minio/root-user": "minio", "ctcae-minio/root-password": password,
+        "ctcae-postgres-mlflow/username": "mlflow", "ctcae-postgres-mlflow/password": password,
+        "ctcae-postgres-mlflow-auth/username": "mlflow_auth", "ctcae-postgres-mlflow-auth/password": password,
+        "ctcae-minio-mlflow/access-key": "mlflow", "ctcae-minio-mlflow/secret-key": password,
         "ctcae-mlflow-auth/flask-secret-key": password, "ctcae-mlflow-auth/admin-username": "admin",
         "ctcae-mlflow-auth/admin-password": password,
-    }  # fmt: skip
+    }  # fmt: skip  (MLflow's own roles and MinIO user: never the Postgres superuser or the MinIO root)
     env = base_env() | _kubernetes_env(fake)
     out = subprocess.run([sys.executable, str(LAUNCHER), "--mode", "production", "--dry-run"], cwd=tmp_path,
                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
     assert out.returncode == 0, out.stderr
     cmd = out.stdout.split()
     flag = lambda name: cmd[cmd.index(name) + 1]  # noqa: E731
-    assert flag("--backend-store-uri") == "postgresql+psycopg2://ctcae:***@ctcae-postgres:5432/mlflow"
+    assert flag("--backend-store-uri") == "postgresql+psycopg2://mlflow:***@ctcae-postgres:5432/mlflow"
     assert flag("--artifacts-destination") == "s3://mlflow-artifacts"
     assert "--serve-artifacts" in cmd
     assert flag("--app-name") == "basic-auth"
