@@ -7,5 +7,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "torch==2.13.0"
-.venv/bin/pip install -q -e ".[search,test]"
+# The same pins as the cluster image (k8s/constraints.txt, frozen from the tested environment), so
+# that what CI tests is what the image runs.
+.venv/bin/pip install -q -c k8s/constraints.txt -e ".[search,test]"
 .venv/bin/python -c "import torch, ray, mlflow, optuna, ctcae_core; print('setup ok: torch', torch.__version__, 'ray', ray.__version__, 'mlflow', mlflow.__version__)"
