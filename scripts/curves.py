@@ -137,6 +137,9 @@ def write_report(run_root: Path, report_dir: Path = REPORT_DIR) -> Path:
             all_rows += rows
     _write_rows(report_dir / "curves.csv", all_rows)
     _plot(per_run, report_dir / "curves.png")
+    for name in per_run:
+        if (run_root / name / "checkpoint_last.pt").is_file():
+            render_panel(run_root / name / "checkpoint_last.pt", report_dir / "panels" / f"{name}.png")
     lines = ["| run | steps | CPU h | " + " | ".join(f"ARI-FG >= {t}: step (CPU h)" for t in THRESHOLDS)
              + " | best ARI-FG (step) | phase spread there | last phase spread |",
              "|" + "---|" * (6 + len(THRESHOLDS))]
@@ -157,6 +160,33 @@ def write_report(run_root: Path, report_dir: Path = REPORT_DIR) -> Path:
     _, _, tail = rest.partition("<!-- /table -->")
     readme.write_text(f"{head}<!-- table -->\n{table}\n<!-- /table -->{tail}")
     return readme
+
+
+def render_panel(checkpoint: Path, path: Path, n: int = 8) -> Path:
+    """Input, reconstruction, phase map, true and predicted segments of the first ``n`` test images."""
+    import torch
+
+    from ctcae_core import viz
+    from ctcae_core.config import ExperimentConfig
+    from ctcae_core.data import open_dataset
+    from ctcae_core.metrics import cluster_phases, count_label_clusters
+    from ctcae_core.model import build_model
+
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    cfg = ExperimentConfig.from_dict(payload["config"])
+    model = build_model(cfg.model, cfg.data.resolution)
+    model.load_state_dict(payload["model"])
+    model.eval()
+    d = cfg.data
+    ds = open_dataset(d.dataset, "test", resolution=d.resolution, n_train=d.n_train, n_test=d.n_test, seed=d.data_seed,
+                      cache_dir=d.cache_dir or None)
+    batch = ds.get_batch(torch.arange(min(n, len(ds))))
+    with torch.inference_mode():
+        out = model(batch["image"])
+        pred = cluster_phases(out.out_magnitude, out.out_phase, count_label_clusters(batch["labels"]),
+                              generator=torch.Generator().manual_seed(0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return viz.save_panel(path, batch["image"], out.recon, out.out_magnitude, out.out_phase, batch["labels"], pred)
 
 
 def _plot(per_run: dict[str, list[dict[str, Any]]], path: Path) -> None:
