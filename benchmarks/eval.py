@@ -24,7 +24,7 @@ def child(args: argparse.Namespace) -> dict:
     from ctcae_core.evaluate import evaluate
     from ctcae_core.metrics import ari_scores, cluster_phases, cluster_phases_sklearn, count_label_clusters
     from ctcae_core.model import build_model
-    from ctcae_core.train import load_checkpoint
+    from ctcae_core.checkpoint import load_checkpoint
 
     torch.manual_seed(0)
     if args.checkpoint:

@@ -28,7 +28,7 @@ CONTRASTIVE_LAYERS = ("both", "encoder", "decoder")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of the complex autoencoder (see DESIGN.md, "The model")."""
+    """Architecture of the complex autoencoder (docs/model.md, "Autoencoder")."""
 
     in_channels: int = 3
     enc_channels: tuple[int, ...] = (128, 128, 256, 256, 256)

@@ -1,4 +1,4 @@
-"""Contrastive loss on phases, pairs mined on magnitudes (DESIGN.md, "The contrastive loss").
+"""Contrastive loss on phases, pairs mined on magnitudes (docs/model.md, "Contrastive loss").
 
 For each sampled anchor position, all positions are ranked by the cosine distance between their
 address (the magnitude vector over channels) and the anchor's; positives come from the top-k

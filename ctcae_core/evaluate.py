@@ -1,5 +1,7 @@
 """Evaluation as the paper measures it: MSE, ARI-FG, ARI-FULL (overall and per object count).
 
+The definitions are in docs/model.md; the names the numbers travel under in ctcae_core/metric_names.py.
+
 ``python -m ctcae_core.evaluate --checkpoint FILE --dataset SPEC [--n-objects 5 6]``
 """
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
+from ctcae_core.checkpoint import load_checkpoint, resolve_device
+from ctcae_core.data import open_split
 from ctcae_core.metrics import MetricAccumulator, evaluate_batch
 
 Tensor = torch.Tensor
@@ -71,41 +75,36 @@ def evaluate_checkpoint(
     dataset: str | None = None,
     *,
     n_objects: Sequence[int] = (),
+    by_n_objects: Sequence[int] | None = None,
     split: str = "test",
     batch_size: int = 64,
     device: str = "auto",
     max_images: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Load a checkpoint and evaluate it on ``dataset`` (default: the one it was trained on).
 
-    Returns the overall metrics and, when ``n_objects`` is given, one block per object count
-    evaluated on that count alone (``by_n_objects``).
+    ``n_objects`` restricts the evaluation to scenes with these object counts (default: all).
+    Each count of ``by_n_objects`` (default: ``n_objects``) is also evaluated on its own, in
+    ``result["by_n_objects"][str(k)]`` (``{"n_images": 0}`` when the split has no such scene).
+    ``seed`` seeds the k-means of the phase clustering.
     """
-    from ctcae_core.data import open_dataset
-    from ctcae_core.train import load_checkpoint, resolve_device
-
     model, cfg, _ = load_checkpoint(checkpoint)
     dev = resolve_device(device)
     model.to(dev)
     spec = dataset or cfg.data.dataset
-    kwargs = dict(
-        resolution=cfg.data.resolution, n_train=cfg.data.n_train, n_test=cfg.data.n_test,
-        seed=cfg.data.data_seed, cache_dir=cfg.data.cache_dir or None,
-    )
+    counts = list(n_objects) if by_n_objects is None else list(by_n_objects)
+
+    def run(ds: Any) -> dict[str, float]:
+        return evaluate(model, ds, batch_size=batch_size, device=dev, seed=seed, max_images=max_images)
+
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "dataset": spec, "split": split}
-    if n_objects:
-        ds = open_dataset(spec, split, n_objects=list(n_objects), **kwargs)
-    else:
-        ds = open_dataset(spec, split, **kwargs)
-    result.update(evaluate(model, ds, batch_size=batch_size, device=dev, max_images=max_images))
-    if n_objects:
+    result.update(run(open_split(cfg.data, split, list(n_objects) or None, dataset=spec)))
+    if counts:
         result["by_n_objects"] = {}
-        for k in n_objects:
-            sub = open_dataset(spec, split, n_objects=int(k), **kwargs)
-            if len(sub) == 0:
-                result["by_n_objects"][str(k)] = {"n_images": 0}
-                continue
-            result["by_n_objects"][str(k)] = evaluate(model, sub, batch_size=batch_size, device=dev, max_images=max_images)
+        for k in counts:
+            sub = open_split(cfg.data, split, int(k), dataset=spec)
+            result["by_n_objects"][str(k)] = run(sub) if len(sub) else {"n_images": 0}
     return result
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from ctcae_core.checkpoint import load_checkpoint
 from ctcae_core.config import get_profile
-from ctcae_core.train import NonFiniteLossError, fit, load_checkpoint
+from ctcae_core.train import NonFiniteLossError, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,7 @@
 """Datasets: procedural generators, Parquet storage, real-data import, loading.
 
-`open_dataset(spec, split, ...)` is the entry point used by training and evaluation.
+`open_split(data_config, split, n_objects)` opens a config's split for training and evaluation;
+`open_dataset(spec, split, ...)` opens any dataset.
 The torch-based reader is imported lazily so the command line starts fast.
 """
 
@@ -19,9 +20,9 @@ from .storage import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataset import MultiObjectDataset, open_dataset, resolve_spec
+    from .dataset import MultiObjectDataset, open_dataset, open_split, resolve_spec
 
-_LAZY = {"MultiObjectDataset", "open_dataset", "resolve_spec"}
+_LAZY = {"MultiObjectDataset", "open_dataset", "open_split", "resolve_spec"}
 
 
 def __getattr__(name: str) -> Any:
@@ -40,6 +41,7 @@ __all__ = [
     "ensure_generated",
     "generate_dataset",
     "open_dataset",
+    "open_split",
     "parse_n_objects",
     "read_manifest",
     "resolve_spec",

@@ -1,10 +1,11 @@
-"""In-memory torch Dataset over a stored split, and `open_dataset`."""
+"""In-memory torch Dataset over a stored split, `open_dataset`, and `open_split` (a config's split)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from .storage import (
     ensure_generated,
     read_split,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ctcae_core.config import DataConfig
 
 
 class MultiObjectDataset(Dataset):
@@ -210,4 +214,16 @@ def open_dataset(
         split=split,
         manifest=manifest,
         path=path,
+    )
+
+
+def open_split(data: DataConfig, split: str, n_objects: object = None, *, dataset: str | Path | None = None) -> MultiObjectDataset:
+    """One split of the dataset that ``data`` (a ``DataConfig``) describes, at its resolution.
+
+    n_objects: the object-count filter (see `open_dataset`). dataset: another dataset spec to
+    open with the same sizes, seed and cache (evaluating on a dataset the model was not trained on).
+    """
+    return open_dataset(
+        dataset or data.dataset, split, data.resolution, n_objects,
+        n_train=data.n_train, n_test=data.n_test, seed=data.data_seed, cache_dir=data.cache_dir or None,
     )

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from ..atomic import atomic_path
 from .base import SceneBatch, chunk_rng
 
 FORMAT = "ctcae-dataset"
@@ -47,17 +48,8 @@ def n_val_for(n_train: int) -> int:
 # ---------------------------------------------------------------- atomic files
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file and an atomic rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path, fsync=True) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
@@ -126,16 +118,8 @@ def batch_to_table(batch: SceneBatch, index: np.ndarray) -> pa.Table:
 
 def write_shard(path: Path, table: pa.Table) -> None:
     """Write a Parquet shard under a temporary name, then rename it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(path, fsync=True) as tmp:
         pq.write_table(table, tmp, compression="zstd", row_group_size=max(1, min(table.num_rows, 4096)))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def shard_name(split: str, chunk: int) -> str:
