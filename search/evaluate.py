@@ -7,8 +7,8 @@ With ``--run`` alone, the trial's checkpoint is found where the study kept it: t
 ``ctcae.storage`` tag (the Ray experiment directory; ``--storage`` overrides the Ray storage root
 when the results moved), ``train_runs/<ctcae.trial_id>/``, the reported checkpoint whose step is
 the trial's tested (best) step. Results are logged to the run as metrics
-``<prefix>_<metric>`` and ``<prefix>_n<k>_<metric>`` (prefix default: ``eval_<dataset>``, e.g.
-``eval_multi_dsprites_2-6_n6_ari_fg``) at the checkpoint's step, and as the artifact
+``<prefix>_<metric>`` and ``<prefix>_<metric>_n<k>`` (prefix default: ``eval_<dataset>``, e.g.
+``eval_multi_dsprites_2-6_ari_fg_n6``; ctcae_core/metric_names.py) at the checkpoint's step, and as the artifact
 ``eval/<prefix>.json``. With ``--checkpoint`` and no ``--run`` nothing is logged. The last line of
 stdout is the result as JSON.
 """
@@ -25,24 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-TAG_STORAGE = "ctcae.storage"  # parent run: the Ray experiment directory (search/run.py)
-TAG_STUDY = "ctcae.study"
-TAG_TRIAL = "ctcae.trial_id"
-TAG_PARENT = "mlflow.parentRunId"
-MODEL_FILES = ("checkpoint.pt", "checkpoint_best.pt", "checkpoint_last.pt")
+from search.names import TAG_PARENT, TAG_STORAGE, TAG_STUDY, TAG_TRIAL, default_tracking_uri
 
 
 class EvaluateError(RuntimeError):
     """The run or its checkpoint cannot be found."""
-
-
-def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def metric_prefix(dataset: str) -> str:
@@ -57,18 +44,10 @@ def _tested_step(client: Any, run_id: str) -> int | None:
     return int(hist[-1].step) if hist else None
 
 
-def _checkpoint_step(path: Path) -> int | None:
-    meta = path.parent / "meta.json"
-    if meta.is_file():
-        try:
-            return int(json.loads(meta.read_text())["step"])
-        except (ValueError, KeyError):
-            return None
-    return None
-
-
 def find_checkpoint(client: Any, run_id: str, storage: str | None = None) -> tuple[Path, int | None]:
     """The model file of a trial run: its tested step's checkpoint, else the latest one."""
+    from ctcae_core.checkpoint import MODEL_FILES, reported_step
+
     run = client.get_run(run_id)
     trial_id = run.data.tags.get(TAG_TRIAL)
     parent_id = run.data.tags.get(TAG_PARENT)
@@ -85,7 +64,7 @@ def find_checkpoint(client: Any, run_id: str, storage: str | None = None) -> tup
     if not files:
         raise EvaluateError(f"no checkpoint of trial {trial_id} under {root}; pass --storage DIR (the Ray storage root) or --checkpoint FILE")
     want = _tested_step(client, run_id)
-    steps = {p: _checkpoint_step(p) for p in files}
+    steps = {p: reported_step(p) for p in files}
     exact = [p for p, s in steps.items() if want is not None and s == want]
     if exact:
         return exact[0], want
@@ -98,16 +77,10 @@ def find_checkpoint(client: Any, run_id: str, storage: str | None = None) -> tup
 
 
 def flatten(result: dict[str, Any], prefix: str) -> dict[str, float]:
-    """Numeric results as MLflow metrics: ``<prefix>_<k>`` and ``<prefix>_n<count>_<k>``."""
-    out: dict[str, float] = {}
-    for k, v in result.items():
-        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
-            out[f"{prefix}_{k}"] = float(v)
-    for count, block in (result.get("by_n_objects") or {}).items():
-        for k, v in block.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
-                out[f"{prefix}_n{count}_{k}"] = float(v)
-    return out
+    """The finite numbers of a result as MLflow metrics: ``<prefix>_<k>`` and ``<prefix>_<k>_n<count>``."""
+    from ctcae_core.metric_names import flat_metrics
+
+    return {k: v for k, v in flat_metrics(result, prefix).items() if math.isfinite(v)}
 
 
 def log_result(client: Any, run_id: str, result: dict[str, Any], prefix: str, step: int) -> None:
@@ -156,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             ckpt = Path(args.checkpoint)
             if not ckpt.is_file():
                 raise EvaluateError(f"--checkpoint {ckpt}: no such file")
-            step = _checkpoint_step(ckpt)
+            from ctcae_core.checkpoint import reported_step
+
+            step = reported_step(ckpt)
         else:
             ckpt, step = find_checkpoint(client, args.run, args.storage)
     except EvaluateError as e:

@@ -11,9 +11,8 @@ from typing import Any
 import pandas as pd
 from ray.tune import Callback
 
-from search.space import Study
-
-FINAL_KEY = "test_done"
+from search.names import FINAL_KEY
+from search.study import Study
 
 
 def trial_status(trial: Any) -> str:
@@ -134,7 +133,7 @@ def format_table(df: pd.DataFrame, top: int = 10) -> str:
     if df.empty:
         return "(no trials)"
     keep = ("test_ari_fg", "test_ari_full", "test_mse")
-    per_count = re.compile(r"test_n\d+_ari_(fg|full)")  # evaluated on k-object scenes only
+    per_count = re.compile(r"test_ari_(fg|full)_n\d+")  # per object count (ctcae_core/metric_names.py)
     cols = [c for c in df.columns if not c.startswith("test_") or c in keep or per_count.fullmatch(c)]
     with pd.option_context("display.width", 250, "display.max_columns", 40, "display.float_format", "{:.4g}".format):
         return df[cols].head(top).to_string(index=False)

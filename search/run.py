@@ -13,19 +13,25 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-ROOT = Path(__file__).resolve().parents[1]
-# `python search/run.py` puts search/ (not the repo) first on sys.path: swap it for the repo root so that
-# the siblings import as `search.*`, the same names the Ray workers unpickle them by.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from search.names import (
+    TAG_GIT_COMMIT,
+    TAG_GIT_COMMIT_MLFLOW,
+    TAG_OPTUNA,
+    TAG_RAY_ADDRESS,
+    TAG_SMOKE_TEST,
+    TAG_STORAGE,
+    default_tracking_uri,
+)
+from search.redact import redact
+from search.space import StudyError, load_study
+from search.study import Study
+from search.tracking import TrackingError, check_tracking_uri
 
-from search.space import Study, StudyError, load_study  # noqa: E402
-from search.redact import redact  # noqa: E402
-from search.tracking import TrackingError, check_tracking_uri, default_tracking_uri  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: its git commit, and the trials' PYTHONPATH
 
 EXIT_INTERRUPTED = 130
 TRAIN_ENV_DEFAULTS = {
@@ -168,42 +174,70 @@ def should_resume(args: argparse.Namespace, name: str, exp_path: str, optuna_url
     return False
 
 
-def run(args: argparse.Namespace) -> int:
-    t_start = time.time()
-    study = configure(args)
-    uri = args.tracking_uri or default_tracking_uri()
-    check_tracking_uri(uri)
+@dataclass(frozen=True)
+class StudyPaths:
+    """Where a study keeps its state (local paths or URIs)."""
+
+    storage: str  # the Ray storage root
+    experiment: str  # the study's Ray experiment: <storage>/<name>
+    trial_times: str  # trial wall times (results.TrialClock)
+    optuna: str  # the Optuna storage URL
+
+
+def study_paths(args: argparse.Namespace, study: Study) -> StudyPaths:
+    """The study's Ray storage (created when local), experiment directory and Optuna storage."""
     storage = args.storage or str(Path.cwd() / "ray_results")
     if "://" not in storage:
         storage = str(Path(storage).resolve())
         Path(storage).mkdir(parents=True, exist_ok=True)
     exp_path = f"{storage.rstrip('/')}/{study.name}"
-    times_path = f"{exp_path}/trial_times.json"
-    optuna_url = optuna_storage_url(args, storage)
+    return StudyPaths(storage, exp_path, f"{exp_path}/trial_times.json", optuna_storage_url(args, storage))
 
-    import ray
+
+def run(args: argparse.Namespace) -> int:
+    """Run (or resume) the study of ``args.space``; returns the exit code."""
+    t_start = time.time()
+    study = configure(args)
+    uri = args.tracking_uri or default_tracking_uri()
+    check_tracking_uri(uri)
+    paths = study_paths(args, study)
+
     from ray import tune
 
-    from search.results import TrialClock, format_table, read_trial_times, results_table, trial_status, write_table
-    from search.tracking import MlflowStudyCallback, Tracker, git_commit
-    from search.trainable import TrialRuntime, run_trial
+    args.resume = should_resume(args, study.name, paths.experiment, paths.optuna, tune.Tuner.can_restore(paths.experiment),
+                                lambda: optuna_study_exists(paths.optuna, study.name))
+    address = start_ray(args)
+    tracker, parent = open_parent_run(args, study, uri, paths, address)
+    print(f"[ctcae] study {study.name}: {study.search.num_samples} trials ({study.search.algorithm}), "
+          f"Ray {address}, MLflow {redact(uri)} (parent run {parent}), results {redact(paths.experiment)}", flush=True)
+    results = build_tuner(args, study, uri, parent, paths).fit()
+    return finish(args, study, results, tracker, parent, paths, t_start)
 
-    args.resume = should_resume(args, study.name, exp_path, optuna_url, tune.Tuner.can_restore(exp_path),
-                                lambda: optuna_study_exists(optuna_url, study.name))
+
+def start_ray(args: argparse.Namespace) -> str:
+    """Join the cluster at ``--address`` or start a local Ray; returns its GCS address."""
+    import ray
 
     runtime_env = {"env_vars": trial_env(os.environ)}
     if args.address:
         ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=True)
     else:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, runtime_env=runtime_env)
-    address = ray.get_runtime_context().gcs_address
+    return ray.get_runtime_context().gcs_address
+
+
+def open_parent_run(args: argparse.Namespace, study: Study, uri: str, paths: StudyPaths, address: str) -> tuple[Any, str]:
+    """The study's MLflow parent run (the existing one on resume); a new one gets the study file,
+    the base config and the study's parameters. Returns (tracker, parent run id)."""
+    from search.tracking import Tracker, git_commit
 
     tracker = Tracker(uri, args.experiment or study.name)
+    commit = git_commit(ROOT)
     parent = tracker.start_parent(
         study.name,
-        exp_path,
-        {"ctcae.git_commit": git_commit(ROOT), "mlflow.source.git.commit": git_commit(ROOT), "ctcae.ray_address": address,
-         "ctcae.storage": redact(exp_path), "ctcae.optuna_storage": redact(optuna_url), "ctcae.smoke_test": str(study.smoke)},
+        paths.experiment,
+        {TAG_GIT_COMMIT: commit, TAG_GIT_COMMIT_MLFLOW: commit, TAG_RAY_ADDRESS: address,
+         TAG_STORAGE: redact(paths.experiment), TAG_OPTUNA: redact(paths.optuna), TAG_SMOKE_TEST: str(study.smoke)},
         resume=args.resume,
     )
     if not args.resume:
@@ -214,44 +248,57 @@ def run(args: argparse.Namespace) -> int:
         tracker.log_params(parent, {"profile": study.profile, "algorithm": study.search.algorithm,
                                     "num_samples": study.search.num_samples, "searched": ",".join(study.keys),
                                     "objective": ",".join(f"{m}:{o}" for m, o in zip(study.objective.metrics, study.objective.modes))})
-    print(f"[ctcae] study {study.name}: {study.search.num_samples} trials ({study.search.algorithm}), "
-          f"Ray {address}, MLflow {redact(uri)} (parent run {parent}), results {redact(exp_path)}", flush=True)
+    return tracker, parent
 
-    runtime = TrialRuntime(study=study, train_storage=f"{exp_path}/train_runs", metric=study.objective.metric,
+
+def build_tuner(args: argparse.Namespace, study: Study, uri: str, parent: str, paths: StudyPaths) -> Any:
+    """The Tuner over the per-trial driver: restored from the experiment on resume, else new."""
+    from ray import tune
+
+    from search.results import TrialClock
+    from search.tracking import MlflowStudyCallback
+    from search.trainable import TrialRuntime, run_trial
+
+    runtime = TrialRuntime(study=study, train_storage=f"{paths.experiment}/train_runs", metric=study.objective.metric,
                            mode=study.objective.mode)
     # The trial driver only waits on its TorchTrainer: it holds no CPU, the workers do (a token
     # byte of memory, because Tune refuses an all-zero resource request).
     trainable = tune.with_resources(tune.with_parameters(run_trial, runtime=runtime), {"CPU": 0, "memory": 1})
     if args.resume:
-        tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=False)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=build_searcher(study, optuna_url),
-                scheduler=build_scheduler(study),
-                num_samples=study.search.num_samples,
-                max_concurrent_trials=study.search.max_concurrent,
-                # Reuse the trial driver process (and its imports) for the next trial; not with a
-                # scheduler: an early-stopped driver is still blocked in TorchTrainer.fit(), and
-                # Tune would fail the next trial when it cannot reset that actor.
-                reuse_actors=study.scheduler.type == "none",
-            ),
-            run_config=tune.RunConfig(
-                name=study.name,
-                storage_path=storage,
-                callbacks=[MlflowStudyCallback(uri, args.experiment or study.name, parent, study), TrialClock(times_path)],
-                failure_config=tune.FailureConfig(max_failures=0),  # Train retries workers; a failed trial stays failed
-            ),
-        )
-    results = tuner.fit()
+        return tune.Tuner.restore(paths.experiment, trainable, resume_unfinished=True, resume_errored=False)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=build_searcher(study, paths.optuna),
+            scheduler=build_scheduler(study),
+            num_samples=study.search.num_samples,
+            max_concurrent_trials=study.search.max_concurrent,
+            # Reuse the trial driver process (and its imports) for the next trial; not with a
+            # scheduler: an early-stopped driver is still blocked in TorchTrainer.fit(), and
+            # Tune would fail the next trial when it cannot reset that actor.
+            reuse_actors=study.scheduler.type == "none",
+        ),
+        run_config=tune.RunConfig(
+            name=study.name,
+            storage_path=paths.storage,
+            callbacks=[MlflowStudyCallback(uri, args.experiment or study.name, parent, study), TrialClock(paths.trial_times)],
+            failure_config=tune.FailureConfig(max_failures=0),  # Train retries workers; a failed trial stays failed
+        ),
+    )
+
+
+def finish(args: argparse.Namespace, study: Study, results: Any, tracker: Any, parent: str, paths: StudyPaths, t_start: float) -> int:
+    """The results table, the study's summary on the parent run, and its end: FINISHED when every
+    trial ran, else KILLED with the command that resumes it (exit code 130)."""
+    from search.results import format_table, read_trial_times, results_table, trial_status, write_table
+
     trials = results._experiment_analysis.trials
     statuses = [trial_status(t) for t in trials]
     complete = len(trials) >= study.search.num_samples and "interrupted" not in statuses
 
-    df = results_table(trials, study, read_trial_times(times_path) if "://" not in times_path else {})
-    if "://" not in exp_path:
-        csv, parquet = write_table(df, Path(exp_path))
+    df = results_table(trials, study, read_trial_times(paths.trial_times) if "://" not in paths.trial_times else {})
+    if "://" not in paths.experiment:
+        csv, parquet = write_table(df, Path(paths.experiment))
         print(f"[ctcae] results table: {csv} and {parquet}")
     print(format_table(df, args.top))
     wall = time.time() - t_start

@@ -1,5 +1,8 @@
 """Study files (``ablations/*.yaml``): one schema, parsed and validated in full before Ray starts.
 
+The parser: ``load_study(path)`` / ``parse_study(text)`` return a ``Study`` (search/study.py, the
+runtime dataclasses that travel to the trials).
+
 Schema (every section but ``base`` and ``space`` is optional; unknown keys are errors)::
 
     name: arch                       # study name (default: the file's stem); one Optuna study per name
@@ -60,16 +63,25 @@ follows tiny's steps, and at most 4 trials run.
 """
 from __future__ import annotations
 
-import itertools
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ctcae_core.config import ConfigError, ExperimentConfig, get_profile, key_type, list_profiles, valid_keys
+from ctcae_core.metric_names import reported_metric_pattern, reported_metrics_help
+from search.study import (
+    Condition,
+    Objective,
+    Param,
+    ResourcesSpec,
+    SchedulerSpec,
+    SearchSpec,
+    Study,
+)
 
 
 class StudyError(ValueError):
@@ -81,12 +93,8 @@ SCHEDULERS = ("asha", "none")
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "int")
 CONDITION_OPS = ("eq", "ne", "gt", "ge", "lt", "le", "in")
 TOP_LEVEL = ("name", "description", "base", "data", "space", "objective", "search", "scheduler", "resources")
-# What ctcae_core.train.fit reports after each evaluation (the ``_n<k>`` forms: per object count).
-METRIC_RE = re.compile(r"loss|mse|contrastive|val_(mse|ari_fg|ari_full|inter_cluster|intra_cluster|phase_spread)|val_ari_(fg|full)_n\d+")
-METRICS_HELP = "val_ari_fg, val_ari_full, val_mse, val_inter_cluster, val_intra_cluster, val_phase_spread, val_ari_fg_n<k>, val_ari_full_n<k>, loss, mse, contrastive"
 SMOKE_PROFILE = "tiny"
 SMOKE_MAX_SAMPLES = 4
-GRID_KEY = "_grid_point"  # Optuna parameter of the grid algorithm: an index into Study.grid_points()
 
 
 class _Loader(yaml.SafeLoader):
@@ -105,169 +113,6 @@ _Loader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
-
-
-@dataclass(frozen=True)
-class Condition:
-    """``key op value``; evaluated on the trial's values so far (base config for the rest)."""
-
-    key: str
-    op: str
-    value: Any
-
-    def holds(self, values: dict[str, Any]) -> bool:
-        x = values[self.key]
-        if self.op == "eq":
-            return x == self.value
-        if self.op == "ne":
-            return x != self.value
-        if self.op == "in":
-            return x in self.value
-        return {"gt": x > self.value, "ge": x >= self.value, "lt": x < self.value, "le": x <= self.value}[self.op]
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched config key and its distribution."""
-
-    key: str
-    kind: str  # one of DISTRIBUTIONS
-    values: tuple[Any, ...] = ()  # choice / grid
-    low: float | int | None = None  # uniform / loguniform / int
-    high: float | int | None = None
-    step: float | int | None = None
-    log: bool = False
-    when: tuple[Condition, ...] = ()
-
-    def active(self, values: dict[str, Any]) -> bool:
-        return all(c.holds(values) for c in self.when)
-
-    def suggest(self, trial: Any) -> Any:
-        """Draw this parameter from an Optuna trial (define-by-run)."""
-        if self.kind in ("choice", "grid"):
-            return trial.suggest_categorical(self.key, list(self.values))
-        if self.kind == "int":
-            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        if self.kind == "loguniform":
-            return trial.suggest_float(self.key, float(self.low), float(self.high), log=True)
-        return trial.suggest_float(self.key, float(self.low), float(self.high), step=self.step)
-
-
-@dataclass(frozen=True)
-class Objective:
-    metrics: tuple[str, ...]
-    modes: tuple[str, ...]
-
-    @property
-    def multi(self) -> bool:
-        return len(self.metrics) > 1
-
-    @property
-    def metric(self) -> str:
-        return self.metrics[0]
-
-    @property
-    def mode(self) -> str:
-        return self.modes[0]
-
-
-@dataclass(frozen=True)
-class SearchSpec:
-    algorithm: str = "tpe"
-    num_samples: int = 8
-    max_concurrent: int = 1
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class SchedulerSpec:
-    type: str = "none"
-    max_t: int = 0
-    grace_period: int = 0
-    reduction_factor: float = 2.0
-    metric: str = ""
-    mode: str = ""
-
-
-@dataclass(frozen=True)
-class ResourcesSpec:
-    workers: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    max_failures: int = 2
-
-
-@dataclass(frozen=True)
-class Study:
-    """A validated study: base config, search space, objective and how to run it."""
-
-    name: str
-    path: str
-    text: str  # the study file as written (logged as an artifact)
-    profile: str
-    base_overrides: dict[str, Any]  # dotted key -> value, base.overrides and data merged
-    base: ExperimentConfig
-    params: tuple[Param, ...]  # in evaluation order (conditions after what they depend on)
-    objective: Objective
-    search: SearchSpec
-    scheduler: SchedulerSpec
-    resources: ResourcesSpec
-    smoke: bool = False
-    description: str = ""
-
-    @property
-    def keys(self) -> list[str]:
-        return [p.key for p in self.params]
-
-    def sample(self, trial: Any) -> dict[str, Any]:
-        """Optuna define-by-run space: the trial's config overrides (dotted key -> value)."""
-        if self.search.algorithm == "grid":
-            points = self.grid_points()
-            idx = trial.suggest_categorical(GRID_KEY, list(range(len(points))))
-            return dict(points[idx])
-        values = self.base.flat()
-        out: dict[str, Any] = {}
-        for p in self.params:
-            if p.active(values):
-                v = p.suggest(trial)
-                values[p.key] = v
-                out[p.key] = v
-        return out
-
-    def optuna_sampler(self) -> Any:
-        """The Optuna sampler of ``search.algorithm``, seeded with ``search.seed``."""
-        import optuna
-
-        seed = self.search.seed
-        if self.search.algorithm == "tpe":
-            return optuna.samplers.TPESampler(seed=seed)
-        if self.search.algorithm == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        from search.samplers import GridSampler
-
-        return GridSampler({GRID_KEY: list(range(len(self.grid_points())))}, seed=seed)
-
-    def grid_points(self) -> list[dict[str, Any]]:
-        """All grid combinations, inactive parameters dropped, duplicates removed (file order)."""
-        base = self.base.flat()
-        seen: set[tuple] = set()
-        points: list[dict[str, Any]] = []
-        for combo in itertools.product(*(p.values for p in self.params)):
-            values = dict(base)
-            point: dict[str, Any] = {}
-            for p, v in zip(self.params, combo):
-                if p.active(values):
-                    values[p.key] = v
-                    point[p.key] = v
-            sig = tuple(sorted((k, repr(v)) for k, v in point.items()))
-            if sig not in seen:
-                seen.add(sig)
-                points.append(point)
-        return points
-
-    def resolve(self, overrides: dict[str, Any]) -> ExperimentConfig:
-        """The trial's full config: base plus the trial's sampled values (private keys ignored)."""
-        return self.base.with_overrides({k: v for k, v in overrides.items() if not k.startswith("_")})
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -544,8 +389,8 @@ class _Parser:
     def metric_mode(self, where: str, raw: Any) -> tuple[str, str]:
         raw = self.mapping(where, raw, ("metric", "mode"))
         metric = raw.get("metric")
-        if not isinstance(metric, str) or not METRIC_RE.fullmatch(metric):
-            raise self.err(f"{where}.metric", f"{metric!r} is not a metric the training reports; valid: {METRICS_HELP}")
+        if not isinstance(metric, str) or not reported_metric_pattern().fullmatch(metric):
+            raise self.err(f"{where}.metric", f"{metric!r} is not a metric the training reports; valid: {reported_metrics_help()}")
         mode = raw.get("mode")
         if mode not in ("min", "max"):
             raise self.err(f"{where}.mode", f"{mode!r} is not one of ['min', 'max']")

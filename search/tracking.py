@@ -25,13 +25,18 @@ from typing import Any
 
 from ray.tune import Callback
 
+from search.names import (
+    FINAL_KEY,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_REASON,
+    TAG_SEARCHED,
+    TAG_STUDY,
+    TAG_STUDY_PATH,
+    TAG_TRIAL,
+    TAG_TRIAL_NAME,
+)
 from search.redact import redact
-
-TAG_STUDY = "ctcae.study"
-TAG_STUDY_PATH = "ctcae.study_path"
-TAG_TRIAL = "ctcae.trial_id"
-TAG_REASON = "ctcae.end_reason"
-TAG_KIND = "ctcae.kind"
 
 # Tune's auto-filled result keys: not metrics of the model.
 _TUNE_KEYS = {
@@ -43,11 +48,6 @@ _TUNE_KEYS = {
 
 class TrackingError(RuntimeError):
     """The tracking server or store cannot be used."""
-
-
-def default_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else a SQLite file in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
@@ -134,7 +134,7 @@ class Tracker:
 
     # --------------------------------------------------------------- children
     def find_child(self, parent_id: str, trial_id: str) -> str | None:
-        runs = self._find(f"tags.`{TAG_TRIAL}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_id}'")
+        runs = self._find(f"tags.`{TAG_TRIAL}` = '{trial_id}' and tags.`{TAG_PARENT}` = '{parent_id}'")
         return runs[0].info.run_id if runs else None
 
     def start_child(self, parent_id: str, trial_id: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
@@ -146,7 +146,7 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
-            tags={**tags, "mlflow.parentRunId": parent_id, TAG_TRIAL: trial_id, TAG_KIND: "trial"},
+            tags={**tags, TAG_PARENT: parent_id, TAG_TRIAL: trial_id, TAG_KIND: "trial"},
         )
         run_id = run.info.run_id
         self.log_params(run_id, params)
@@ -205,7 +205,7 @@ class MlflowStudyCallback(Callback):
         self.uri = uri
         self.experiment = experiment
         self.parent_id = parent_id
-        self.study = study  # search.space.Study: resolves a trial's full config for its params
+        self.study = study  # search.study.Study: resolves a trial's full config for its params
         self._tracker: Tracker | None = None
         self._runs: dict[str, str] = {}
         self._ended: set[str] = set()
@@ -226,7 +226,7 @@ class MlflowStudyCallback(Callback):
     def _run_id(self, trial: Any) -> str:
         if trial.trial_id not in self._runs:
             cfg = self.study.resolve(trial.config)
-            tags = {"ctcae.trial_name": str(trial), "ctcae.searched": json.dumps(sorted(k for k in trial.config if not k.startswith("_")))}
+            tags = {TAG_TRIAL_NAME: str(trial), TAG_SEARCHED: json.dumps(sorted(k for k in trial.config if not k.startswith("_")))}
             self._runs[trial.trial_id] = self.tracker.start_child(
                 self.parent_id, trial.trial_id, f"{self.study.name}-{trial.trial_id}", cfg.flat(), tags
             )
@@ -239,14 +239,14 @@ class MlflowStudyCallback(Callback):
             self.tracker.client.update_run(run_id, status="RUNNING")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if result.get("test_done"):
+        if result.get(FINAL_KEY):
             return  # the final test summary is logged at completion
         self.tracker.log_metrics(self._run_id(trial), metrics_of(result), result.get("step"))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_id(trial)
         last = trial.last_result or {}
-        if last.get("test_done"):
+        if last.get(FINAL_KEY):
             self._log_final(run_id, trial, last)
             self.tracker.end(run_id, "FINISHED")
         else:
@@ -269,7 +269,7 @@ class MlflowStudyCallback(Callback):
     def _log_final(self, run_id: str, trial: Any, last: dict[str, Any]) -> None:
         # test metrics, the best checkpoint's validation values (best_val_*) and timings; the bare
         # objective keys repeat a validation value already in the history
-        test = {k: v for k, v in metrics_of(last).items() if not k.startswith("val_") and k != "test_done"}
+        test = {k: v for k, v in metrics_of(last).items() if not k.startswith("val_") and k != FINAL_KEY}
         best_step = int(last.get("best_step", 0))
         self.tracker.log_metrics(run_id, test, best_step)
         path = last.get("checkpoint_path")  # rank 0's final report: config, test metrics, PNGs

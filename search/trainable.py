@@ -27,11 +27,8 @@ from typing import Any
 
 import yaml
 
-from search.space import Study
-
-FINAL_KEY = "test_done"
-NONFINITE_KEY = "nonfinite_loss"
-NONFINITE_MSG = "nonfinite_error"
+from search.names import FINAL_KEY, NONFINITE_KEY, NONFINITE_MSG
+from search.study import Study
 
 
 @dataclass(frozen=True)
@@ -45,17 +42,6 @@ class TrialRuntime:
 
 
 # ----------------------------------------------------------------------------- per worker
-
-
-def _model_file(d: Path) -> Path:
-    """The model file inside a reported checkpoint directory."""
-    for name in ("checkpoint_last.pt", "checkpoint.pt", "model.pt", "checkpoint_best.pt"):
-        if (d / name).is_file():
-            return d / name
-    files = sorted(d.glob("*.pt"))
-    if not files:
-        raise FileNotFoundError(f"no *.pt model file in checkpoint directory {d}")
-    return files[0]
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -133,16 +119,18 @@ def _resume_file(ckpt: Any, dest: Path) -> Path | None:
     """
     import ray.train
 
+    from ctcae_core.checkpoint import find_model_file
+
     if ckpt is None:
         return None
     local = Path(ckpt.to_directory(str(dest)))
     if any(local.glob("*.pt")):
-        return _model_file(local)
+        return find_model_file(local)
     models = [r for r in ray.train.get_all_reported_checkpoints() if "step" in r.metrics]
     if not models:
         return None
     newest = max(models, key=lambda r: r.metrics["step"])
-    return _model_file(Path(newest.checkpoint.to_directory(str(dest) + "_model")))
+    return find_model_file(Path(newest.checkpoint.to_directory(str(dest) + "_model")))
 
 
 def _node_ids(world: int) -> list[str]:
@@ -161,42 +149,26 @@ def _node_ids(world: int) -> list[str]:
 def _test_best(
     cfg: Any, reported: list[Any], metric: str, mode: str, work: Path, objectives: list[str]
 ) -> tuple[dict[str, Any], Path]:
-    """Evaluate the best reported checkpoint on the test split; write artifacts; return test metrics."""
-    import torch
+    """Evaluate the best reported checkpoint on the test split; write artifacts; return test metrics.
 
-    from ctcae_core.data import open_dataset
-    from ctcae_core.evaluate import evaluate
-    from ctcae_core.train import load_checkpoint
+    The metrics: ``test_<metric>`` on the whole split and, for each ``data.test_n_objects`` count
+    k evaluated on its own, ``test_<metric>_n<k>`` and ``test_count_n<k>`` (ctcae_core/metric_names.py).
+    """
+    from ctcae_core.checkpoint import find_model_file, load_checkpoint, resolve_device
+    from ctcae_core.data import open_split
+    from ctcae_core.evaluate import evaluate_checkpoint
+    from ctcae_core.metric_names import flat_metrics
 
     sign = 1.0 if mode == "max" else -1.0
     scored = [r for r in reported if _finite(r.metrics.get(metric))]
     if not scored:
         raise RuntimeError(f"no reported checkpoint has a finite {metric!r}; nothing to test")
     best = max(scored, key=lambda r: (sign * float(r.metrics[metric]), r.metrics.get("step", 0)))
-    local = Path(best.checkpoint.to_directory(str(work / "best_ckpt")))
-    model, best_cfg, _payload = load_checkpoint(_model_file(local))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model.to(device).eval()
-    d = best_cfg.data
-    cache = d.cache_dir or None
-
-    def test_set(n_objects: Any = None) -> Any:
-        return open_dataset(
-            d.dataset, "test", d.resolution, n_objects, n_train=d.n_train, n_test=d.n_test, seed=d.data_seed, cache_dir=cache
-        )
-
+    model_file = find_model_file(Path(best.checkpoint.to_directory(str(work / "best_ckpt"))))
+    model, best_cfg, _payload = load_checkpoint(model_file)
     seed = best_cfg.train.seed
-    out: dict[str, Any] = {}
-    overall = test_set()
-    for k, v in evaluate(model, overall, device=device, seed=seed).items():
-        out[f"test_{k}"] = v
-    for k_obj in d.test_n_objects:
-        subset = test_set(int(k_obj))
-        out[f"test_n{k_obj}_n_images"] = len(subset)
-        if len(subset) == 0:  # no test scene with that many objects
-            continue
-        for k, v in evaluate(model, subset, device=device, seed=seed).items():
-            out[f"test_n{k_obj}_{k}"] = v
+    result = evaluate_checkpoint(model_file, by_n_objects=best_cfg.data.test_n_objects, seed=seed)
+    out: dict[str, Any] = flat_metrics(result, "test")
     step = int(best.metrics.get("step", 0))
     out["best_step"] = step
     for m in objectives:  # the objectives at the tested checkpoint: what Optuna is told
@@ -209,11 +181,12 @@ def _test_best(
     (art / "pngs").mkdir(parents=True)
     (art / "resolved_config.yaml").write_text(yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
     (art / "test_metrics.json").write_text(json.dumps({k: v for k, v in out.items()}, indent=2, sort_keys=True))
-    _render_pngs(model, overall, art / "pngs", device, seed, step)
+    device = resolve_device("auto")
+    _render_pngs(model.to(device).eval(), open_split(best_cfg.data, "test"), art / "pngs", device, seed, step)
     return out, art
 
 
-def _render_pngs(model: Any, dataset: Any, out: Path, device: str, seed: int, step: int, n: int = 8) -> list[Path]:
+def _render_pngs(model: Any, dataset: Any, out: Path, device: Any, seed: int, step: int, n: int = 8) -> list[Path]:
     """Phase maps, segmentations and a summary panel of the first ``n`` test images (tested checkpoint)."""
     import torch
 

@@ -12,8 +12,9 @@ import pyarrow as pa
 import pytest
 
 from ctcae_core.data import parse_n_objects
-from search.report import variant_name
-from search.space import Study, load_study
+from search.reporting.tables import variant_name
+from search.space import load_study
+from search.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = sorted((ROOT / "ablations").glob("*.yaml"))

@@ -92,8 +92,9 @@ def test_mlflow_parent_and_children(smoke_run: dict) -> None:
             continue
         assert steps == [10, 20]
         m = child.data.metrics
-        for k in ("test_ari_fg", "test_ari_full", "test_mse", "test_n3_ari_fg", "test_ari_fg_n3"):
-            assert k in m, sorted(m)
+        for k in ("test_ari_fg", "test_ari_full", "test_mse", "test_ari_fg_n3", "test_mse_n3", "test_count_n3"):
+            assert k in m, sorted(m)  # _n3: data.test_n_objects [3], evaluated on its own
+        assert m["test_count_n3"] > 0
         assert 0.0 <= m["test_mse"] < 1.0 and -1.0 <= m["test_ari_fg"] <= 1.0
         names = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"resolved_config.yaml", "test_metrics.json", "pngs"} <= names

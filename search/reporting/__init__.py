@@ -1,0 +1,1 @@
+"""The parts of search/report.py: reading runs, tables, importances, rendering."""
