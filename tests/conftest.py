@@ -108,3 +108,14 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     finally:
         kill_group(proc)
         log.close()
+
+
+# A test that uses one of these fixtures starts a server (module fixtures: here and in
+# tests/test_mlflow_launcher.py), so it is slow: `scripts/test.sh --fast` leaves it out.
+SERVER_FIXTURES = frozenset({"mlflow_server", "servers"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

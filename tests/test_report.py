@@ -19,7 +19,7 @@ import pytest
 from search.space import parse_study
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.slow]  # a real MLflow server
 
 GRID_STUDY = """
 name: {name}

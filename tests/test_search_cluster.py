@@ -21,6 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # a two-node Ray cluster and a real MLflow server
 RAY = str(Path(sys.executable).parent / "ray")
 
 CLUSTER_STUDY = """

@@ -21,6 +21,7 @@ from PIL import Image
 from ctcae_core.config import get_profile
 from search.space import load_study
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # a study on real Ray and a real MLflow server
 STUDY = ROOT / "ablations" / "smoke.yaml"
 
 

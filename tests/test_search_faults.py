@@ -22,6 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # studies on real Ray and a real MLflow server
 
 NAN_STUDY = """
 name: nanstudy

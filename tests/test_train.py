@@ -19,6 +19,7 @@ def tiny(tmp_path_factory):
     return get_profile("tiny").with_overrides([f"data.cache_dir={cache}", "data.n_train=300", "data.n_test=32"])
 
 
+@pytest.mark.slow  # trains for tens of seconds
 def test_short_run_lowers_the_loss_and_writes_files(tiny, tmp_path):
     cfg = tiny.with_overrides(["train.steps=40", "train.eval_every=10", "train.lr=2e-3"])
     reports = []
@@ -38,6 +39,7 @@ def test_short_run_lowers_the_loss_and_writes_files(tiny, tmp_path):
     assert torch.load(tmp_path / "checkpoint_best.pt", weights_only=False)["best"] == best
 
 
+@pytest.mark.slow  # trains for tens of seconds
 def test_resume_continues_at_the_saved_step_with_the_same_state(tiny, tmp_path):
     cfg = tiny.with_overrides(["train.steps=20", "train.eval_every=10"])
     fit(cfg, out_dir=tmp_path / "straight", progress=False)
@@ -62,6 +64,7 @@ def test_non_finite_loss_stops_with_clear_error(tiny, tmp_path):
         fit(cfg, out_dir=tmp_path, progress=False)
 
 
+@pytest.mark.slow  # trains for tens of seconds
 def test_same_seed_same_result(tiny, tmp_path):
     cfg = tiny.with_overrides(["train.steps=10", "train.eval_every=10"])
     r1 = fit(cfg, out_dir=tmp_path / "a", progress=False)["last"]
@@ -69,6 +72,7 @@ def test_same_seed_same_result(tiny, tmp_path):
     assert r1["loss"] == r2["loss"] and r1["val_ari_fg"] == r2["val_ari_fg"]
 
 
+@pytest.mark.slow  # trains for tens of seconds
 def test_train_and_evaluate_command_lines(tiny, tmp_path):
     env_cache = tiny.data.cache_dir
     out = tmp_path / "run"
@@ -104,6 +108,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, cfg_dict: dict, out: str,
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # trains for tens of seconds
 def test_ddp_two_processes_share_batches_and_agree_on_metrics(tiny, tmp_path):
     import torch.multiprocessing as mp
 
