@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ctcae_core.atomic import atomic_path
+from ctcae_core.cli import UserError
 from ctcae_core.config import ConfigError, ExperimentConfig
 from ctcae_core.model import ComplexAutoEncoder, build_model
 
@@ -49,20 +50,54 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+class CheckpointError(UserError):
+    """A file is missing, is not a checkpoint written by ``fit``, or is damaged."""
+
+
+_PAYLOAD_KEYS = ("config", "model")  # what loading needs; resuming also reads the optimizer and sampler state
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ComplexAutoEncoder, ExperimentConfig, dict]:
     """Rebuild the model from the config a checkpoint carries; returns (model, config, payload).
 
-    ``path`` is a model file or a reported checkpoint directory (holding ``checkpoint.pt``).
+    ``path`` is a model file, a reported checkpoint directory (holding ``checkpoint.pt``) or a
+    run directory (its ``checkpoint_last.pt``). Raises CheckpointError naming the file when it is
+    missing, not a checkpoint (a bare state_dict included), truncated, or does not fit its config.
     """
     path = Path(path)
     if path.is_dir():
-        path = path / REPORTED_FILE
+        inside = [path / name for name in MODEL_FILES if (path / name).is_file()]
+        if not inside:
+            raise CheckpointError(
+                f"checkpoint {path}: a directory without {' / '.join(MODEL_FILES)}; pass the model file itself"
+            )
+        path = inside[0]
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path}: no such file")
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    cfg = ExperimentConfig.from_dict(payload["config"])
+        raise CheckpointError(f"checkpoint {path}: no such file; pass DIR/{BEST_FILE} or DIR/{LAST_FILE} of a training run")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises many types for a file it cannot read (pickle, zip, EOF, RuntimeError)
+        raise CheckpointError(
+            f"checkpoint {path}: not a readable PyTorch file, truncated or damaged ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}); pass a checkpoint written by ctcae_core.train"
+        ) from exc
+    if not isinstance(payload, dict) or any(k not in payload for k in _PAYLOAD_KEYS):
+        what = "a bare state_dict" if isinstance(payload, dict) else f"a {type(payload).__name__}"
+        raise CheckpointError(
+            f"checkpoint {path}: {what}, not a training checkpoint (it needs the keys {list(_PAYLOAD_KEYS)}); "
+            f"pass DIR/{BEST_FILE} or DIR/{LAST_FILE} written by ctcae_core.train"
+        )
+    try:
+        cfg = ExperimentConfig.from_dict(payload["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path}: its config is invalid ({exc})") from exc
     model = build_model(cfg.model, cfg.data.resolution)
-    model.load_state_dict(payload["model"])
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path}: its weights do not fit the model its config describes ({str(exc).splitlines()[0]})"
+        ) from exc
     return model, cfg, payload
 
 

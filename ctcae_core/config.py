@@ -7,11 +7,13 @@ checkpoint carries, so a model can always be rebuilt from what was saved beside 
 from __future__ import annotations
 
 import math
+import re
 
 import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import yaml
@@ -22,6 +24,7 @@ class ConfigError(ValueError):
 
 
 DECODERS = ("upsample", "transpose")
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 PHASE_INITS = ("zero", "random")
 CONTRASTIVE_LAYERS = ("both", "encoder", "decoder")
 
@@ -89,10 +92,10 @@ class ContrastiveConfig:
 
     def __post_init__(self) -> None:
         _choice("contrastive.layers", self.layers, CONTRASTIVE_LAYERS)
-        if self.weight < 0:
-            raise ConfigError(f"contrastive.weight: must be >= 0, got {self.weight}")
-        if self.temperature <= 0:
-            raise ConfigError(f"contrastive.temperature: must be > 0, got {self.temperature}")
+        if not (math.isfinite(self.weight) and self.weight >= 0):  # NaN fails every comparison
+            raise ConfigError(f"contrastive.weight: must be a finite number >= 0, got {self.weight}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"contrastive.temperature: must be a finite number > 0, got {self.temperature}")
         for side in ("enc", "dec"):
             pos, top = getattr(self, f"{side}_positives"), getattr(self, f"{side}_top_k")
             neg, bot = getattr(self, f"{side}_negatives"), getattr(self, f"{side}_bottom_m")
@@ -127,6 +130,8 @@ class DataConfig:
         _positive("data.n_test", self.n_test)
         if not self.dataset:
             raise ConfigError("data.dataset: empty; give a generated dataset name or a dataset directory")
+        if self.data_seed < 0:
+            raise ConfigError(f"data.data_seed: must be >= 0, got {self.data_seed}")
 
 
 @dataclass(frozen=True)
@@ -146,8 +151,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "eval_every", "eval_images", "log_every"):
             _positive(f"train.{key}", getattr(self, key))
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
+        if self.seed < 0:
+            raise ConfigError(f"train.seed: must be >= 0, got {self.seed}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train.lr: must be a finite number > 0, got {self.lr}")
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"train.device: {self.device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'")
 
 
 @dataclass(frozen=True)
@@ -250,7 +259,7 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _positive(key: str, value: int) -> None:
-    if value <= 0:
+    if not value > 0:
         raise ConfigError(f"{key}: must be > 0, got {value}")
 
 
@@ -287,6 +296,8 @@ def _check_type(key: str, tp: Any, value: Any) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -404,5 +415,45 @@ def get_profile(name: str) -> ExperimentConfig:
 
 def load_config_file(path: str) -> ExperimentConfig:
     """Read a resolved config (YAML or JSON) as written beside a run."""
-    with open(path) as f:
-        return ExperimentConfig.from_dict(yaml.safe_load(f))
+    try:
+        return ExperimentConfig.from_dict(load_yaml_file(path))
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a mapping holding the same key twice (YAML's "last wins")."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if duplicate:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice; keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_file(path: str | Path) -> Any:
+    """The YAML (or JSON) document of a file; duplicate keys, bad syntax and non-text are ConfigErrors.
+
+    A missing or unreadable file raises OSError (the command's error boundary names its path).
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory; give a YAML or JSON file")
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file (not UTF-8); give a YAML or JSON file") from None
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({' '.join(str(exc).split())}); fix the syntax") from None

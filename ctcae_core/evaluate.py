@@ -6,7 +6,6 @@ The definitions are in docs/model.md; the names the numbers travel under in ctca
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -15,8 +14,11 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
+from ctcae_core import cli
 from ctcae_core.checkpoint import load_checkpoint, resolve_device
+from ctcae_core.cli import run_main
 from ctcae_core.data import open_split
+from ctcae_core.data.storage import DatasetError
 from ctcae_core.metrics import MetricAccumulator, evaluate_batch
 
 Tensor = torch.Tensor
@@ -99,7 +101,11 @@ def evaluate_checkpoint(
         return evaluate(model, ds, batch_size=batch_size, device=dev, seed=seed, max_images=max_images)
 
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "dataset": spec, "split": split}
-    result.update(run(open_split(cfg.data, split, list(n_objects) or None, dataset=spec)))
+    ds = open_split(cfg.data, split, list(n_objects) or None, dataset=spec)
+    if len(ds) == 0:  # the metrics of no image are NaN, which is not JSON
+        only = f" with n_objects in {list(n_objects)}" if n_objects else ""
+        raise DatasetError(f"dataset {spec}: the {split} split has no image{only}; choose another split or object count")
+    result.update(run(ds))
     if counts:
         result["by_n_objects"] = {}
         for k in counts:
@@ -109,25 +115,28 @@ def evaluate_checkpoint(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    """The command; an expected failure is one ``error:`` line and exit code 2 (ctcae_core/cli.py)."""
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = cli.ArgumentParser(
         prog="python -m ctcae_core.evaluate",
         description="Evaluate a checkpoint: MSE, ARI-FG, ARI-FULL, ARI per object count (last line: JSON).",
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint_best.pt / checkpoint_last.pt written by training")
     parser.add_argument("--dataset", default=None, help="generated dataset name or dataset directory (default: the training one)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--n-objects", type=int, nargs="*", default=[], help="evaluate on these object counts only")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--n-objects", type=cli.count(1), nargs="*", default=[], help="evaluate on these object counts only")
+    parser.add_argument("--batch-size", type=cli.count(1), default=64)
+    parser.add_argument("--max-images", type=cli.count(1), default=None)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    if not Path(args.checkpoint).is_file():
-        parser.error(f"--checkpoint {args.checkpoint}: no such file")
     result = evaluate_checkpoint(
         args.checkpoint, args.dataset, n_objects=args.n_objects, split=args.split,
         batch_size=args.batch_size, device=args.device, max_images=args.max_images,
     )
-    print(json.dumps(result, sort_keys=True))
+    print(json.dumps(cli.json_safe(result), sort_keys=True, allow_nan=False))
     return 0
 
 

@@ -7,9 +7,9 @@ and only rank 0 writes files.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,11 +21,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ctcae_core.checkpoint import CONFIG_FILE, load_checkpoint, resolve_device, save_checkpoint, write_json
+from ctcae_core import cli
+from ctcae_core.checkpoint import CONFIG_FILE, MODEL_FILES, load_checkpoint, resolve_device, save_checkpoint, write_json
 from ctcae_core.config import ConfigError, ExperimentConfig, get_profile, load_config_file
 from ctcae_core.contrastive import contrastive_loss
 from ctcae_core.data import open_split
 from ctcae_core.evaluate import evaluate
+from ctcae_core.cli import run_main
 from ctcae_core.metric_names import BEST_METRIC, TRAIN_LOSSES
 from ctcae_core.model import ComplexAutoEncoder, build_model
 
@@ -90,10 +92,13 @@ def fit(
     sampler state. Returns the summary that ``metrics.json`` holds.
     """
     tc = config.train
-    run = _start(config, Path(out_dir), resume)
+    # Everything that can be refused is checked before the run directory is written.
     train_ds, val_ds = open_splits(config)
     if len(train_ds) < tc.batch_size:
         raise ConfigError(f"train.batch_size {tc.batch_size} exceeds the {len(train_ds)} training images of {config.data.dataset}")
+    if len(val_ds) == 0:
+        raise ConfigError(f"data.dataset {config.data.dataset}: the val split is empty (with this object-count filter); nothing to evaluate on")
+    run = _start(config, Path(out_dir), resume)
     bar = tqdm(total=tc.steps, initial=run.start_step, desc=config.name, disable=not progress or run.rank != 0, dynamic_ncols=True)
     running: dict[str, float] = {}
     t_start, summary = time.time(), {}
@@ -135,6 +140,16 @@ def _start(config: ExperimentConfig, out: Path, resume: str | Path | None) -> _R
     device = resolve_device(tc.device)
     if distributed and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
+    saved = load_checkpoint(resume, map_location=device) if resume is not None else None
+    if saved is not None:
+        saved_cfg = saved[1]
+        if saved_cfg.data.resolution != config.data.resolution:
+            raise ConfigError(
+                f"resume {resume}: trained at data.resolution={saved_cfg.data.resolution}, this run asks for "
+                f"data.resolution={config.data.resolution}; resume at {saved_cfg.data.resolution} or start a new run"
+            )
+        if saved_cfg.model != config.model:
+            raise ConfigError(f"resume {resume}: its model config differs from this run's: {saved_cfg.model} vs {config.model}")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / CONFIG_FILE, config.to_dict())
@@ -144,10 +159,8 @@ def _start(config: ExperimentConfig, out: Path, resume: str | Path | None) -> _R
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
     pair_gen = torch.Generator().manual_seed(tc.seed + 1)
     run = _Run(config, out, device, distributed, rank, world, model, model, optimizer, pair_gen)
-    if resume is not None:
-        _, saved_cfg, payload = load_checkpoint(resume, map_location=device)
-        if saved_cfg.model != config.model:
-            raise ConfigError(f"resume {resume}: its model config differs from this run's: {saved_cfg.model} vs {config.model}")
+    if saved is not None:
+        payload = saved[2]
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         pair_gen.set_state(payload["pair_generator"])
@@ -243,7 +256,12 @@ def build_config(profile: str | None, config_file: str | None, overrides: list[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    """The command; an expected failure is one ``error:`` line and exit code 2 (ctcae_core/cli.py)."""
+    return run_main(_main, argv, expected=(NonFiniteLossError,))
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = cli.ArgumentParser(
         prog="python -m ctcae_core.train",
         description="Train one CAE / CAE++ / CtCAE configuration (no Ray, no MLflow). Last line: JSON summary.",
     )
@@ -251,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="a resolved config file (YAML or JSON) instead of a profile")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted override, e.g. --set model.decoder=transpose (repeatable)")
-    parser.add_argument("--steps", type=int, help="shortcut for --set train.steps=N")
+    parser.add_argument("--steps", type=cli.count(1), help="shortcut for --set train.steps=N")
     parser.add_argument("--out", help="output directory (checkpoints, metrics.json)")
     parser.add_argument("--resume", help="checkpoint to continue from (e.g. DIR/checkpoint_last.pt)")
     parser.add_argument("--no-progress", action="store_true")
@@ -264,15 +282,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.out:
         parser.error("--out DIR is required")
+    cfg = build_config(args.profile, args.config, args.overrides, args.steps)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise cli.UserError(f"--out {out}: is a file, not a directory; choose another --out")
+    if args.resume is not None and not Path(args.resume).exists():
+        raise cli.UserError(f"--resume {args.resume}: no such file; pass DIR/checkpoint_last.pt of an earlier run")
+    new_dir = not out.exists()
     try:
-        cfg = build_config(args.profile, args.config, args.overrides, args.steps)
-    except ConfigError as e:
-        parser.error(str(e))
-    summary = fit(cfg, out_dir=args.out, resume=args.resume, progress=not args.no_progress)
+        summary = fit(cfg, out_dir=out, resume=args.resume, progress=not args.no_progress)
+    except BaseException:
+        _remove_if_unused(out, new_dir)
+        raise
     last = summary.get("last", {})
     print(json.dumps({"out": args.out, "step": summary["step"], "best_val_ari_fg": summary.get("best_" + BEST_METRIC),
                       **{k: v for k, v in last.items() if not isinstance(v, (dict, list))}}, sort_keys=True))
     return 0
+
+
+def _remove_if_unused(out: Path, new_dir: bool) -> None:
+    """After a failed run: remove the directory it created unless a checkpoint made it worth keeping."""
+    if new_dir and out.is_dir() and not any((out / name).exists() for name in MODEL_FILES):
+        shutil.rmtree(out, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ from .storage import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataset import MultiObjectDataset, open_dataset, open_split, resolve_spec
+    from .dataset import MultiObjectDataset, check_data, open_dataset, open_split, resolve_spec
 
-_LAZY = {"MultiObjectDataset", "open_dataset", "open_split", "resolve_spec"}
+_LAZY = {"MultiObjectDataset", "check_data", "open_dataset", "open_split", "resolve_spec"}
 
 
 def __getattr__(name: str) -> Any:
@@ -37,6 +37,7 @@ __all__ = [
     "GENERATED_NAMES",
     "DatasetError",
     "MultiObjectDataset",
+    "check_data",
     "default_cache_dir",
     "ensure_generated",
     "generate_dataset",

@@ -18,6 +18,9 @@ from .storage import (
     GENERATED_NAMES,
     DatasetError,
     ensure_generated,
+    generator_module,
+    n_val_for,
+    read_manifest,
     read_split,
 )
 
@@ -152,11 +155,11 @@ def resolve_spec(
     object-count range, "multi_dsprites:2-6"), generated and cached on first use, or
     a path to a dataset directory."""
     s = str(spec)
-    match = _RANGE_SPEC.match(s)
-    if match and match.group("name") in GENERATED_NAMES and not Path(s).exists():
-        rng = (int(match.group("lo")), int(match.group("hi"))) if match.group("lo") else None
+    generated = _generated(s)
+    if generated is not None:
+        name, rng = generated
         return ensure_generated(
-            match.group("name"),
+            name,
             n_train=DEFAULT_N_TRAIN if n_train is None else int(n_train),
             n_test=DEFAULT_N_TEST if n_test is None else int(n_test),
             seed=int(seed),
@@ -166,6 +169,7 @@ def resolve_spec(
     path = Path(s).expanduser()
     if path.is_dir():
         return path
+    match = _RANGE_SPEC.match(s)
     if match and match.group("name") in ("clevr6", "clevr_with_masks"):
         raise DatasetError(
             f"dataset {s!r}: real CLEVR cannot be generated; import it with "
@@ -173,6 +177,40 @@ def resolve_spec(
             f"(or use the generated 'clevr_like')"
         )
     raise DatasetError(f"dataset {s!r}: not a generated dataset name {list(GENERATED_NAMES)} nor an existing directory")
+
+
+def _generated(s: str) -> tuple[str, tuple[int, int] | None] | None:
+    """(name, object-count range) when ``s`` names a generated dataset rather than a directory."""
+    match = _RANGE_SPEC.match(s)
+    if match and match.group("name") in GENERATED_NAMES and not Path(s).exists():
+        return match.group("name"), (int(match.group("lo")), int(match.group("hi"))) if match.group("lo") else None
+    return None
+
+
+def check_data(data: "DataConfig", batch_size: int | None = None) -> None:
+    """Refuse a data config that can never work, without generating or decoding any image.
+
+    The dataset must be a generated name (with a valid object-count range) or a dataset
+    directory with a manifest; ``batch_size`` (train.batch_size) must not exceed its train split.
+    Used before any trial starts (search/space.py); training checks again on the opened split.
+    """
+    s = str(data.dataset)
+    generated = _generated(s)
+    if generated is not None:
+        name, rng = generated
+        mod = generator_module(name)
+        lo, hi = rng or mod.DEFAULT_OBJECTS
+        if not 1 <= lo <= hi <= mod.MAX_OBJECTS:
+            raise DatasetError(f"data.dataset {s!r}: object-count range needs 1 <= lo <= hi <= {mod.MAX_OBJECTS}")
+        n_train = data.n_train - n_val_for(data.n_train)
+    else:
+        directory = resolve_spec(s)  # a directory, or the DatasetError that says what is wrong
+        n_train = int(read_manifest(directory)["splits"].get("train", {}).get("n", 0))
+    if batch_size is not None and batch_size > n_train:
+        raise DatasetError(
+            f"train.batch_size {batch_size} exceeds the {n_train} training images of data.dataset {s!r}; "
+            f"lower train.batch_size or use a larger dataset"
+        )
 
 
 def open_dataset(

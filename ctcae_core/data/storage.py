@@ -5,18 +5,30 @@ val, test), one row per image, and a ``manifest.json`` written last. Every file 
 written under a temporary name and renamed, so a killed writer leaves either
 complete shards or files that are not named like shards; a directory without a
 manifest is incomplete and is refused by the reader.
+
+The manifest records each shard's sha256, size and row count ("checksums"). Opening a split
+checks its shards' sizes every time and their hashes once per file version (cached by size and
+mtime, in memory and under the data cache's ``verified/``); ``python -m ctcae_core.data info
+--verify DIR`` rehashes everything. A mismatch or a missing shard is an error naming the shard
+and the command that regenerates the directory. A manifest written before checksums existed is
+accepted with a warning (only the shards' presence is checked). ``--overwrite`` replaces only a
+directory this project wrote (``check_replaceable``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import math
 import os
+import re
+import shlex
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -53,7 +65,157 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
-    atomic_write_bytes(Path(directory) / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    """Write the manifest last, with the sha256, size and row count of every shard it lists."""
+    directory = Path(directory)
+    manifest = {**manifest, "checksums": {name: shard_record(directory / name) for name in listed_shards(manifest)}}
+    atomic_write_bytes(directory / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+# ---------------------------------------------------------------- integrity
+def listed_shards(manifest: dict) -> list[str]:
+    """Every shard file name the manifest's splits list."""
+    return [name for s in SPLITS for name in manifest.get("splits", {}).get(s, {}).get("shards", [])]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shard_record(path: Path) -> dict:
+    """What the manifest records of one shard: sha256, size in bytes, row count."""
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size, "rows": pq.ParquetFile(path).metadata.num_rows}
+
+
+def regenerate_hint(directory: Path, manifest: dict) -> str:
+    """The command that rebuilds a dataset directory from its source."""
+    d = shlex.quote(str(directory))
+    if manifest.get("kind") == "generated" and isinstance(manifest.get("generator"), dict):
+        g = manifest["generator"]
+        lo, hi = g.get("n_objects", ["MIN", "MAX"])
+        return (
+            f"python -m ctcae_core.data generate {g.get('name')} --n {g.get('n_train')} --n-test {g.get('n_test')} "
+            f"--seed {g.get('seed')} --n-objects {lo} {hi} --out {d} --overwrite"
+        )
+    src = manifest.get("source") or {}
+    cmd = "import-tfrecord" if src.get("format") == "tfrecord" else "import-emorl"
+    return f"python -m ctcae_core.data {cmd} {shlex.quote(str(src.get('file', 'FILE')))} --name {manifest.get('name')} --out {d} --overwrite"
+
+
+_verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, this process
+
+
+def _hash_cache_file(path: Path) -> Path:
+    return default_cache_dir() / "verified" / (hashlib.sha1(str(path.resolve()).encode()).hexdigest() + ".json")
+
+
+def _cached_sha256(path: Path, st: os.stat_result) -> str:
+    """sha256 of a shard, computed once per (path, size, mtime) and cached in memory and on disk."""
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _verified:
+        return _verified[key]
+    cache = _hash_cache_file(path)
+    try:
+        entry = json.loads(cache.read_text())
+        if [entry["path"], entry["bytes"], entry["mtime_ns"]] == list(key):
+            _verified[key] = entry["sha256"]
+            return entry["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest = sha256_file(path)
+    _verified[key] = digest
+    try:  # a cache that cannot be written only costs a hash next time
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cache, json.dumps({"path": key[0], "bytes": key[1], "mtime_ns": key[2], "sha256": digest}).encode())
+    except OSError:
+        pass
+    return digest
+
+
+_warned_unchecked: set[str] = set()
+
+
+def verify_shards(directory: Path, manifest: dict, shards: list[str] | None = None, *, full: bool = False) -> int:
+    """Check the listed shards (default: all) against the manifest; returns how many were hashed.
+
+    Cheap by default: the size every time, the sha256 once per file version (cached by size and
+    mtime). ``full`` rehashes every shard and reads its row count. A manifest written before
+    checksums existed (no "checksums" key) is accepted with a warning: only presence is checked.
+    """
+    directory = Path(directory)
+    names = listed_shards(manifest) if shards is None else shards
+    sums = manifest.get("checksums")
+    hint = regenerate_hint(directory, manifest)
+    for name in names:
+        if not (directory / name).is_file():
+            raise DatasetError(f"{directory / name}: shard listed in {directory / MANIFEST} is missing; regenerate: {hint}")
+    if sums is None:
+        if str(directory) not in _warned_unchecked:
+            _warned_unchecked.add(str(directory))
+            warnings.warn(
+                f"{directory / MANIFEST}: written before shard checksums existed; corruption cannot be detected "
+                f"(regenerate to add them: {hint})", stacklevel=2,
+            )
+        return 0
+    for name in names:
+        path, rec = directory / name, sums.get(name)
+        if rec is None:
+            raise DatasetError(f"{path}: listed in {directory / MANIFEST} without a checksum; regenerate: {hint}")
+        st = path.stat()
+        if st.st_size != rec["bytes"]:
+            raise DatasetError(f"{path}: {st.st_size} bytes, the manifest says {rec['bytes']} (damaged); regenerate: {hint}")
+        digest = sha256_file(path) if full else _cached_sha256(path, st)
+        if digest != rec["sha256"]:
+            raise DatasetError(f"{path}: sha256 does not match the manifest (damaged); regenerate: {hint}")
+        if full:
+            try:
+                rows = pq.ParquetFile(path).metadata.num_rows
+            except (OSError, pa.ArrowException) as exc:
+                raise DatasetError(f"{path}: not a readable Parquet file ({exc}); regenerate: {hint}") from exc
+            if rows != rec["rows"]:
+                raise DatasetError(f"{path}: {rows} rows, the manifest says {rec['rows']}; regenerate: {hint}")
+    return len(names)
+
+
+# ---------------------------------------------------------------- what --overwrite may replace
+_OUR_HIDDEN = re.compile(r"^\.(spec\.json|.*\.tmp-\d+-[0-9a-f]{8})$")  # generate's spec, atomic_path's temporaries
+_SHARD = re.compile(r"^(train|val|test)-\d{5}\.parquet$")
+
+
+def check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace ``out_dir`` unless it is absent, empty, or a dataset directory this project wrote.
+
+    A project directory is recognised by its manifest (only the manifest and the shards it lists,
+    plus our temporary files) or, after an interrupted ``generate``, by ``.spec.json`` and shards.
+    Anything else in it might be the user's, so nothing is deleted.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise DatasetError(f"{out_dir}: is a file, not a dataset directory; choose another --out")
+    names = {p.name for p in out_dir.iterdir()}
+    if not names:
+        return
+    ours = {n for n in names if _OUR_HIDDEN.match(n)}
+    if MANIFEST in names:
+        try:
+            manifest = read_manifest(out_dir)
+        except DatasetError as exc:
+            raise DatasetError(f"{out_dir}: not replaced, its manifest is not this project's ({exc}); choose another --out") from None
+        ours |= {MANIFEST, *listed_shards(manifest)}
+    elif ".spec.json" in names:
+        ours |= {n for n in names if _SHARD.match(n)}
+    foreign = sorted(names - ours)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise DatasetError(
+            f"{out_dir}: not replaced, it holds files this project did not write ({shown}); "
+            f"choose a new or empty --out, or move those files away"
+        )
 
 
 def read_manifest(directory: Path) -> dict:
@@ -174,6 +336,11 @@ def generate_dataset(
     """
     mod = generator_module(name)
     rng_objects = tuple(int(v) for v in (n_objects or mod.DEFAULT_OBJECTS))
+    lo, hi = rng_objects
+    if not 1 <= lo <= hi <= mod.MAX_OBJECTS:
+        raise DatasetError(f"n_objects ({lo}, {hi}): {name} needs 1 <= MIN <= MAX <= {mod.MAX_OBJECTS}")
+    if n_train < 2 or n_test < 1:
+        raise DatasetError(f"{name}: n_train={n_train}, n_test={n_test}; need n_train >= 2 (train + val) and n_test >= 1")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = {
@@ -186,6 +353,7 @@ def generate_dataset(
         "chunk": mod.CHUNK,
     }
     spec_path = out_dir / ".spec.json"
+    check_replaceable(out_dir)  # before anything is deleted: a directory holding the user's files is refused
     resume = spec_path.exists() and json.loads(spec_path.read_text()) == spec
     if not resume:
         (out_dir / MANIFEST).unlink(missing_ok=True)
@@ -327,7 +495,8 @@ def staging_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
     """A temporary sibling of `out_dir`, renamed to it on success, removed on failure."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
-        raise DatasetError(f"{out_dir}: already exists (pass overwrite to replace it)")
+        raise DatasetError(f"{out_dir}: already exists; pass --overwrite to replace it, or choose another --out")
+    check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
@@ -336,9 +505,12 @@ def staging_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     if out_dir.exists():
-        shutil.rmtree(out_dir)
+        check_replaceable(out_dir)  # again: something may have been added while we wrote
+        os.replace(out_dir, old)
     os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- reading
@@ -390,9 +562,7 @@ def read_split(
     m = read_manifest(directory)
     files = [directory / f for f in m["splits"].get(split, {}).get("shards", [])]
     h, w = int(m["height"]), int(m["width"])
-    for f in files:
-        if not f.exists():
-            raise DatasetError(f"{f}: shard listed in {directory / MANIFEST} is missing")
+    verify_shards(directory, m, [f.name for f in files])
     expr = parse_n_objects(n_objects)
     if not files:
         return (np.zeros((0, h, w, 3), np.uint8), np.zeros((0, h, w), np.int8), np.zeros(0, np.int64), np.zeros(0, np.int64), m)

@@ -154,6 +154,9 @@ def _open(path: Path):
     return open(path, "rb")
 
 
+MAX_RECORD_BYTES = 1 << 30  # one record of these datasets is well under a megabyte
+
+
 def read_records(path: str | Path, verify: bool = True) -> Iterator[bytes]:
     """Yield the payload of every record, verifying lengths and (if `verify`) CRCs."""
     path = Path(path)
@@ -170,8 +173,13 @@ def read_records(path: str | Path, verify: bool = True) -> Iterator[bytes]:
                     raise TFRecordError(f"{path}: record {i}: truncated header ({len(head)} of 12 bytes)")
                 (length,) = struct.unpack("<Q", head[:8])
                 (len_crc,) = struct.unpack("<I", head[8:])
-                if verify and masked_crc(head[:8]) != len_crc:
-                    raise TFRecordError(f"{path}: record {i}: length CRC mismatch (corrupt file or not a TFRecord)")
+                # Checked even without `verify`: a length read from a file that is not a TFRecord
+                # would otherwise be allocated (terabytes) before anything notices.
+                if masked_crc(head[:8]) != len_crc or length > MAX_RECORD_BYTES:
+                    raise TFRecordError(
+                        f"{path}: record {i}: bad record header (length CRC mismatch or {length} bytes); "
+                        f"the file is corrupt or not a TFRecord"
+                    )
                 data = fh.read(length)
                 if len(data) < length:
                     raise TFRecordError(f"{path}: record {i}: truncated data ({len(data)} of {length} bytes)")

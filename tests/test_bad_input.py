@@ -1,0 +1,322 @@
+"""Bad input, per command: one ``error:`` line naming the file or key, exit code 2, no traceback,
+and the file system exactly as it was (issue 10).
+
+Each table row is (case id, argv, text the message must hold). The commands run in-process
+(``main(argv)``), so a row costs no interpreter start; a few rows also run as real subprocesses.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from ctcae_core import evaluate as evaluate_cmd
+from ctcae_core import train as train_cmd
+from ctcae_core.config import ConfigError, ExperimentConfig, get_profile, load_config_file
+from ctcae_core.data import DatasetError, open_dataset
+from ctcae_core.data import __main__ as data_cmd
+from ctcae_core.data.storage import MANIFEST, generate_dataset, read_manifest
+from ctcae_core.train import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = Path(__file__).parent / "data" / "real"
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file and directory under ``root``: its content hash (files) or "dir"."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def run_bad(main, argv: list[str], root: Path, capsys) -> str:
+    """Run a command that must refuse its input; returns stderr after checking the contract."""
+    before = snapshot(root)
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2, (rc, out, err)
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert snapshot(root) == before, "the command changed the file system"
+    return lines[0]
+
+
+# ---------------------------------------------------------------- shared inputs
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny dataset, a tiny trained run, and assorted bad files, all under one root."""
+    root = tmp_path_factory.mktemp("world")
+    data = root / "data"
+    generate_dataset("tetrominoes", data, n_train=60, n_test=8)
+    cfg = get_profile("tiny").with_overrides(
+        [f"data.dataset={data}", "train.steps=2", "train.eval_every=2", "train.eval_images=4", "train.batch_size=4"]
+    )
+    run = root / "run"
+    fit(cfg, out_dir=run, progress=False)
+    ckpt = run / "checkpoint_last.pt"
+    (root / "cfg.yaml").write_text(json.dumps(cfg.to_dict()))
+    (root / "bad_yaml.yaml").write_text("model: [unclosed\n")
+    (root / "dup.yaml").write_text("name: a\nname: b\n")
+    (root / "unknown_key.yaml").write_text("nmae: x\n")
+    (root / "binary.yaml").write_bytes(bytes(range(256)) * 4)
+    (root / "text.pt").write_text("not a checkpoint\n")
+    (root / "a_file").write_text("x")
+    (root / "empty_dir").mkdir()
+    raw = ckpt.read_bytes()
+    (root / "truncated.pt").write_bytes(raw[: len(raw) // 2])
+    torch.save(torch.load(ckpt, weights_only=False)["model"], root / "state_dict.pt")
+    (root / "not.tfrecord").write_bytes(b"\xff" * 64)  # a header claiming ~2**64 bytes
+    d = np.load(REAL / "tetrominoes_test_first10.npz")
+    with h5py.File(root / "good.h5", "w") as f:
+        g = f.create_group("train")
+        g["imgs"], g["masks"] = d["image"], d["mask"]
+    user = root / "user_dir"  # a directory the project did not write
+    user.mkdir()
+    (user / "thesis.tex").write_text("years of work")
+    (user / "train-00000.parquet").write_text("the user's own parquet")
+    return {"root": root, "data": data, "cfg": cfg, "run": run, "ckpt": ckpt}
+
+
+# ---------------------------------------------------------------- train
+TRAIN_CASES = [
+    # (id, argv with {root}/{ckpt}/{data}, text the message names)
+    ("config-missing", ["--config", "{root}/nope.yaml"], "nope.yaml"),
+    ("config-is-dir", ["--config", "{root}/empty_dir"], "empty_dir"),
+    ("config-bad-yaml", ["--config", "{root}/bad_yaml.yaml"], "bad_yaml.yaml"),
+    ("config-duplicate-key", ["--config", "{root}/dup.yaml"], "'name' appears twice"),
+    ("config-unknown-key", ["--config", "{root}/unknown_key.yaml"], "nmae"),
+    ("config-binary", ["--config", "{root}/binary.yaml"], "binary.yaml"),
+    ("profile-unknown", ["--profile", "nope"], "nope"),
+    ("both-profile-and-config", ["--profile", "tiny", "--config", "{root}/cfg.yaml"], "exactly one"),
+    ("set-nan-weight", ["--profile", "tiny", "--set", "contrastive.weight=nan"], "contrastive.weight"),
+    ("set-inf-lr", ["--profile", "tiny", "--set", "train.lr=inf"], "train.lr"),
+    ("set-negative-lr", ["--profile", "tiny", "--set", "train.lr=-1"], "train.lr"),
+    ("set-nan-temperature", ["--profile", "tiny", "--set", "contrastive.temperature=nan"], "contrastive.temperature"),
+    ("set-nan-phase-noise", ["--profile", "tiny", "--set", "model.phase_noise=nan"], "model.phase_noise"),
+    ("set-device-tpu", ["--profile", "tiny", "--set", "train.device=tpu"], "train.device"),
+    ("set-unknown-key", ["--profile", "tiny", "--set", "train.nope=1"], "train.nope"),
+    ("set-no-equals", ["--profile", "tiny", "--set", "train.steps"], "train.steps"),
+    ("set-not-int", ["--profile", "tiny", "--set", "train.steps=many"], "train.steps"),
+    ("set-negative-seed", ["--profile", "tiny", "--set", "train.seed=-3"], "train.seed"),
+    ("steps-zero", ["--profile", "tiny", "--steps", "0"], "--steps"),
+    ("batch-larger-than-dataset", ["--config", "{root}/cfg.yaml", "--set", "train.batch_size=1000"], "train.batch_size"),
+    ("dataset-missing", ["--profile", "tiny", "--set", "data.dataset={root}/nowhere"], "nowhere"),
+    ("out-is-file", ["--config", "{root}/cfg.yaml", "--out", "{root}/a_file"], "a_file"),
+    ("resume-missing", ["--config", "{root}/cfg.yaml", "--resume", "{root}/nope.pt"], "nope.pt"),
+    ("resume-not-checkpoint", ["--config", "{root}/cfg.yaml", "--resume", "{root}/text.pt"], "text.pt"),
+    ("resume-truncated", ["--config", "{root}/cfg.yaml", "--resume", "{root}/truncated.pt"], "truncated.pt"),
+    ("resume-state-dict", ["--config", "{root}/cfg.yaml", "--resume", "{root}/state_dict.pt"], "bare state_dict"),
+    ("resume-other-resolution", ["--config", "{root}/cfg.yaml", "--set", "data.resolution=16", "--resume", "{ckpt}"],
+     "data.resolution=32"),
+]
+
+
+def _fill(argv: list[str], w: dict) -> list[str]:
+    return [a.format(root=w["root"], ckpt=w["ckpt"], data=w["data"]) for a in argv]
+
+
+@pytest.mark.parametrize("case,argv,named", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
+def test_train_bad_input(world, capsys, case, argv, named):
+    argv = _fill(argv, world)
+    if "--out" not in argv:
+        argv += ["--out", str(world["root"] / "new_run")]
+    line = run_bad(train_cmd.main, argv + ["--no-progress"], world["root"], capsys)
+    assert named in line
+
+
+def test_train_resume_message_names_both_resolutions(world, capsys):
+    argv = _fill(["--config", "{root}/cfg.yaml", "--set", "data.resolution=16", "--resume", "{ckpt}"], world)
+    line = run_bad(train_cmd.main, argv + ["--out", str(world["root"] / "r"), "--no-progress"], world["root"], capsys)
+    assert "data.resolution=32" in line and "data.resolution=16" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_train_unwritable_out(world, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        argv = _fill(["--config", "{root}/cfg.yaml"], world) + ["--out", str(locked / "run"), "--no-progress"]
+        line = run_bad(train_cmd.main, argv, tmp_path, capsys)
+        assert "locked" in line
+    finally:
+        locked.chmod(0o700)
+
+
+def test_train_failure_after_start_leaves_no_directory(world, tmp_path, capsys):
+    """A run that fails at its first step (non-finite loss) leaves no half-made directory."""
+    argv = _fill(["--config", "{root}/cfg.yaml", "--set", "train.inject_nan_at=0"], world)
+    line = run_bad(train_cmd.main, argv + ["--out", str(tmp_path / "run"), "--no-progress"], tmp_path, capsys)
+    assert "non-finite loss" in line and not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- evaluate
+EVAL_CASES = [
+    ("checkpoint-missing", ["--checkpoint", "{root}/nope.pt"], "nope.pt"),
+    ("checkpoint-dir-without-model", ["--checkpoint", "{root}/empty_dir"], "empty_dir"),
+    ("checkpoint-not-a-checkpoint", ["--checkpoint", "{root}/text.pt"], "text.pt"),
+    ("checkpoint-truncated", ["--checkpoint", "{root}/truncated.pt"], "truncated.pt"),
+    ("checkpoint-bare-state-dict", ["--checkpoint", "{root}/state_dict.pt"], "bare state_dict"),
+    ("checkpoint-a-yaml", ["--checkpoint", "{root}/cfg.yaml"], "cfg.yaml"),
+    ("empty-split", ["--checkpoint", "{ckpt}", "--n-objects", "7"], "no image"),
+    ("dataset-missing", ["--checkpoint", "{ckpt}", "--dataset", "{root}/nowhere"], "nowhere"),
+    ("dataset-not-a-dataset", ["--checkpoint", "{ckpt}", "--dataset", "{root}/user_dir"], "user_dir"),
+    ("batch-size-zero", ["--checkpoint", "{ckpt}", "--batch-size", "0"], "--batch-size"),
+    ("max-images-negative", ["--checkpoint", "{ckpt}", "--max-images", "-1"], "--max-images"),
+    ("n-objects-zero", ["--checkpoint", "{ckpt}", "--n-objects", "0"], "--n-objects"),
+    ("split-unknown", ["--checkpoint", "{ckpt}", "--split", "dev"], "--split"),
+]
+
+
+@pytest.mark.parametrize("case,argv,named", EVAL_CASES, ids=[c[0] for c in EVAL_CASES])
+def test_evaluate_bad_input(world, capsys, case, argv, named):
+    line = run_bad(evaluate_cmd.main, _fill(argv, world) + ["--device", "cpu"], world["root"], capsys)
+    assert named in line
+
+
+def test_evaluate_run_directory_and_valid_json(world, capsys):
+    """A run directory is accepted as --checkpoint (its last checkpoint), and the output is strict JSON."""
+    assert evaluate_cmd.main(["--checkpoint", str(world["run"]), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert result["n_images"] == 8
+    assert all(v is None or np.isfinite(v) for v in result.values() if not isinstance(v, (str, dict)))
+
+
+# ---------------------------------------------------------------- data
+DATA_CASES = [
+    ("generate-n-zero", ["generate", "tetrominoes", "--n", "0", "--out", "{root}/g"], "--n"),
+    ("generate-n-negative", ["generate", "tetrominoes", "--n", "-5", "--out", "{root}/g"], "--n"),
+    ("generate-n-test-zero", ["generate", "tetrominoes", "--n", "10", "--n-test", "0", "--out", "{root}/g"], "--n-test"),
+    ("generate-objects-reversed", ["generate", "tetrominoes", "--n", "10", "--n-objects", "5", "2", "--out", "{root}/g"],
+     "n_objects (5, 2)"),
+    ("generate-objects-too-many", ["generate", "tetrominoes", "--n", "10", "--n-objects", "2", "99", "--out", "{root}/g"],
+     "n_objects (2, 99)"),
+    ("generate-objects-zero", ["generate", "tetrominoes", "--n", "10", "--n-objects", "0", "3", "--out", "{root}/g"],
+     "--n-objects"),
+    ("generate-workers-zero", ["generate", "tetrominoes", "--n", "10", "--workers", "0", "--out", "{root}/g"], "--workers"),
+    ("generate-seed-negative", ["generate", "tetrominoes", "--n", "10", "--seed", "-1", "--out", "{root}/g"], "--seed"),
+    ("generate-unknown-name", ["generate", "nope", "--n", "10", "--out", "{root}/g"], "nope"),
+    ("generate-out-is-file", ["generate", "tetrominoes", "--n", "10", "--out", "{root}/a_file"], "a_file"),
+    ("generate-existing-no-overwrite", ["generate", "tetrominoes", "--n", "10", "--out", "{data}"], "--overwrite"),
+    ("generate-overwrite-user-dir", ["generate", "tetrominoes", "--n", "10", "--out", "{root}/user_dir", "--overwrite"],
+     "thesis.tex"),
+    ("emorl-overwrite-user-dir", ["import-emorl", "{root}/good.h5", "--name", "tetrominoes", "--out", "{root}/user_dir",
+                                  "--overwrite"], "thesis.tex"),
+    ("emorl-exists-no-overwrite", ["import-emorl", "{root}/good.h5", "--name", "tetrominoes", "--out", "{data}"],
+     "--overwrite"),
+    ("emorl-missing-file", ["import-emorl", "{root}/nope.h5", "--name", "tetrominoes", "--out", "{root}/g"], "nope.h5"),
+    ("emorl-not-hdf5", ["import-emorl", "{root}/text.pt", "--name", "tetrominoes", "--out", "{root}/g"], "text.pt"),
+    ("emorl-out-is-file", ["import-emorl", "{root}/good.h5", "--name", "tetrominoes", "--out", "{root}/a_file",
+                           "--overwrite"], "a_file"),
+    ("tfrecord-overwrite-user-dir", ["import-tfrecord", "{root}/not.tfrecord", "--name", "tetrominoes", "--out",
+                                     "{root}/user_dir", "--overwrite"], "not.tfrecord"),
+    ("tfrecord-not-a-tfrecord", ["import-tfrecord", "{root}/not.tfrecord", "--name", "tetrominoes", "--out", "{root}/g"],
+     "not.tfrecord"),
+    ("tfrecord-limit-zero", ["import-tfrecord", "{root}/not.tfrecord", "--name", "tetrominoes", "--out", "{root}/g",
+                             "--limit", "0"], "--limit"),
+    ("tfrecord-unknown-name", ["import-tfrecord", "{root}/not.tfrecord", "--name", "nope", "--out", "{root}/g"], "nope"),
+    ("info-missing", ["info", "{root}/nowhere"], "nowhere"),
+    ("info-not-a-dataset", ["info", "{root}/user_dir"], "user_dir"),
+    ("info-a-file", ["info", "{root}/a_file"], "a_file"),
+]
+
+
+@pytest.mark.parametrize("case,argv,named", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_data_bad_input(world, capsys, case, argv, named):
+    line = run_bad(data_cmd.main, _fill(argv, world) + ["--quiet"], world["root"], capsys)
+    assert named in line
+
+
+def _copy_dataset(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for p in src.iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
+def test_overwrite_refuses_a_dataset_holding_a_user_file(world, tmp_path, capsys):
+    ds = _copy_dataset(world["data"], tmp_path / "ds")
+    (ds / "notes.txt").write_text("mine")
+    line = run_bad(data_cmd.main, ["import-emorl", str(world["root"] / "good.h5"), "--name", "tetrominoes", "--out",
+                                   str(ds), "--overwrite", "--quiet"], tmp_path, capsys)
+    assert "notes.txt" in line
+
+
+def test_overwrite_replaces_a_project_directory(world, tmp_path, capsys):
+    ds = _copy_dataset(world["data"], tmp_path / "ds")
+    argv = ["import-emorl", str(world["root"] / "good.h5"), "--name", "tetrominoes", "--out", str(ds), "--overwrite", "--quiet"]
+    assert data_cmd.main(argv) == 0
+    assert read_manifest(ds)["kind"] == "imported"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no temporary or old directory left beside it
+    gen = ["generate", "tetrominoes", "--n", "10", "--n-test", "2", "--out", str(ds), "--overwrite", "--quiet"]
+    assert data_cmd.main(gen) == 0 and read_manifest(ds)["kind"] == "generated"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_missing_and_damaged_shards_are_named(world, tmp_path, capsys):
+    ds = _copy_dataset(world["data"], tmp_path / "ds")
+    shard = sorted(ds.glob("train-*.parquet"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match=rf"{shard.name}: sha256 does not match.*ctcae_core.data generate tetrominoes"):
+        open_dataset(ds, "train")
+    line = run_bad(data_cmd.main, ["info", str(ds), "--verify", "--quiet"], tmp_path, capsys)
+    assert shard.name in line and "generate tetrominoes --n 60" in line
+    shard.unlink()
+    line = run_bad(data_cmd.main, ["info", str(ds), "--quiet"], tmp_path, capsys)
+    assert shard.name in line and "missing" in line
+
+
+def test_info_verify_and_old_manifests(world, tmp_path, capsys):
+    assert data_cmd.main(["info", str(world["data"]), "--verify", "--quiet"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    m = read_manifest(world["data"])
+    assert info["checksums"] == "verified" and info["verified_shards"] == len(m["checksums"]) > 0
+    assert all(v["rows"] > 0 and len(v["sha256"]) == 64 for v in m["checksums"].values())
+    # A manifest from before checksums: accepted, with a warning that says how to add them.
+    ds = _copy_dataset(world["data"], tmp_path / "old")
+    old = json.loads((ds / MANIFEST).read_text())
+    del old["checksums"]
+    (ds / MANIFEST).write_text(json.dumps(old))
+    with pytest.warns(UserWarning, match="before shard checksums"):
+        assert len(open_dataset(ds, "test")) == 8
+
+
+def test_config_validation_rejects_nonfinite_and_duplicates(tmp_path):
+    for bad in ({"contrastive": {"weight": float("nan")}}, {"train": {"lr": float("inf")}},
+                {"model": {"phase_bias_init": float("-inf")}}):
+        with pytest.raises(ConfigError, match="finite"):
+            ExperimentConfig.from_dict(bad)
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  steps: 1\n  steps: 2\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: line 3: key 'steps' appears twice"):
+        load_config_file(str(f))
+
+
+# ---------------------------------------------------------------- real processes, --debug
+def _python(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CTCAE_DEBUG": ""}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+
+
+def test_subprocess_one_line_and_debug_traceback(world):
+    bad = str(world["root"] / "text.pt")
+    r = _python("-m", "ctcae_core.evaluate", "--checkpoint", bad)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "text.pt" in r.stderr
+    r = _python("-m", "ctcae_core.evaluate", "--checkpoint", bad, "--debug")
+    assert r.returncode != 0 and "Traceback" in r.stderr and "CheckpointError" in r.stderr
