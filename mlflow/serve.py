@@ -182,16 +182,26 @@ def ensure_bucket(destination: str, env: dict[str, str]) -> None:
     if bucket is None:
         return
     import boto3  # only needed in production; part of the deployment image
-    from botocore.exceptions import ClientError
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    client = boto3.client("s3", endpoint_url=env.get("MLFLOW_S3_ENDPOINT_URL") or None)
+    endpoint = env.get("MLFLOW_S3_ENDPOINT_URL") or None
+    # Bounded: an unreachable object store is an error within seconds, not minutes of retries.
+    bounded = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})
+    client = boto3.client("s3", endpoint_url=endpoint, config=bounded)
     try:
-        client.head_bucket(Bucket=bucket)
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code not in ("404", "NoSuchBucket", "NotFound"):
-            raise
-        client.create_bucket(Bucket=bucket)
+        try:
+            client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code not in ("404", "NoSuchBucket", "NotFound"):
+                raise
+            client.create_bucket(Bucket=bucket)
+    except (BotoCoreError, ClientError) as exc:
+        raise LauncherError(
+            f"artifact bucket {bucket} at {endpoint or 'AWS S3'}: {exc}; check MLFLOW_S3_ENDPOINT_URL and the "
+            "credentials, or set CTCAE_MLFLOW_CREATE_BUCKET=0"
+        ) from exc
         print(f"[serve.py] created artifact bucket {bucket}", file=sys.stderr)
 
 
@@ -215,26 +225,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend-store-uri", default="",
                         help="local mode: a SQLite URI to serve instead of <data-dir>/mlflow.db")
     parser.add_argument("--host", default="127.0.0.1", help="local mode: loopback address to bind")
-    parser.add_argument("--port", type=int, default=5000, help="local mode port")
-    parser.add_argument("--workers", type=int, default=1, help="local mode worker processes")
+    parser.add_argument("--port", type=_int_in(1, 65535), default=5000, help="local mode port")
+    parser.add_argument("--workers", type=_int_in(1, 64), default=1, help="local mode worker processes")
     parser.add_argument("--dry-run", action="store_true", help="print the command (passwords hidden) and exit")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of any error")
     return parser  # fmt: skip
 
 
+def _int_in(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {value}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command's error boundary: a setting or OS error is one line and exit code 2; --debug
+    (or CTCAE_DEBUG=1) shows the traceback. (The same contract as ctcae_core/cli.py, which a
+    deployment script does not import.)"""
     args = build_parser().parse_args(argv)
-    env = dict(os.environ)
     try:
-        if args.mode == "local":
-            settings = local_settings(
-                args.data_dir, args.host, args.port, args.workers, args.backend_store_uri
-            )
-        else:
-            settings = production_settings(env)
-        cmd = settings.command(mlflow_executable())
-    except LauncherError as exc:
+        return _serve(args)
+    except (LauncherError, OSError) as exc:
+        if args.debug or os.environ.get("CTCAE_DEBUG", "") not in ("", "0"):
+            raise
         print(f"[serve.py] error: {exc}", file=sys.stderr)
         return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    if args.mode == "local":
+        settings = local_settings(
+            args.data_dir, args.host, args.port, args.workers, args.backend_store_uri
+        )
+    else:
+        settings = production_settings(env)
+    cmd = settings.command(mlflow_executable())
     if args.dry_run:
         print(redact(shlex.join(cmd)))
         return 0

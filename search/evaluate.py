@@ -25,7 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ctcae_core.cli import ArgumentParser, count, json_safe, run_main
 from search.names import TAG_PARENT, TAG_STORAGE, TAG_STUDY, TAG_TRIAL, default_tracking_uri
+from search.reach import TrackingError, check_tracking_uri
+from search.redact import redact
 
 
 class EvaluateError(RuntimeError):
@@ -92,19 +95,19 @@ def log_result(client: Any, run_id: str, result: dict[str, Any], prefix: str, st
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{prefix}.json"
-        path.write_text(json.dumps(_json_safe(result), indent=2, sort_keys=True))
+        path.write_text(json.dumps(json_safe(result), indent=2, sort_keys=True))
         client.log_artifact(run_id, str(path), "eval")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run", help="MLflow run id of a trial: finds its checkpoint and logs the result to it")
     p.add_argument("--checkpoint", help="model file (checkpoint*.pt); with --run, used instead of the stored one")
     p.add_argument("--dataset", help="dataset spec, e.g. multi_dsprites:2-6, clevr_like, or a directory (default: the training one)")
-    p.add_argument("--n-objects", type=int, nargs="*", default=[], help="also evaluate each of these object counts on its own")
+    p.add_argument("--n-objects", type=count(1), nargs="*", default=[], help="also evaluate each of these object counts on its own")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--max-images", type=int, help="evaluate at most this many images (per count)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-images", type=count(1), help="evaluate at most this many images (per count)")
+    p.add_argument("--batch-size", type=count(1), default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
     p.add_argument("--storage", help="Ray storage root of the study, when its results moved (default: the parent run's tag)")
@@ -116,27 +119,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; an expected failure is one ``error:`` line and exit code 2 (ctcae_core/cli.py)."""
+    from mlflow.exceptions import MlflowException
+
+    return run_main(_main, argv, expected=(EvaluateError, TrackingError, MlflowException), clean=redact)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     client = None
     step: int | None = None
-    try:
-        if args.run:
-            from mlflow.tracking import MlflowClient
+    if args.run:
+        from mlflow.tracking import MlflowClient
 
-            client = MlflowClient(tracking_uri=args.tracking_uri or default_tracking_uri())
-            client.get_run(args.run)  # fail early on an unknown run or unreachable server
-        if args.checkpoint:
-            ckpt = Path(args.checkpoint)
-            if not ckpt.is_file():
-                raise EvaluateError(f"--checkpoint {ckpt}: no such file")
-            from ctcae_core.checkpoint import reported_step
+        uri = args.tracking_uri or default_tracking_uri()
+        check_tracking_uri(uri, existing=True)  # a dead server: a clear error within seconds
+        client = MlflowClient(tracking_uri=uri)
+        client.get_run(args.run)  # fail early on an unknown run
+    if args.checkpoint:
+        ckpt = Path(args.checkpoint)
+        if not ckpt.is_file():
+            raise EvaluateError(f"--checkpoint {ckpt}: no such file")
+        from ctcae_core.checkpoint import reported_step
 
-            step = reported_step(ckpt)
-        else:
-            ckpt, step = find_checkpoint(client, args.run, args.storage)
-    except EvaluateError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        step = reported_step(ckpt)
+    else:
+        ckpt, step = find_checkpoint(client, args.run, args.storage)
     from ctcae_core.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(ckpt, args.dataset, n_objects=args.n_objects, split=args.split,
@@ -150,17 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     if client is not None:
         log_result(client, args.run, result, prefix, step)
         print(f"[ctcae] logged {prefix}_* (step {step}) to run {args.run}", file=sys.stderr)
-    print(json.dumps(_json_safe(result), sort_keys=True))
+    print(json.dumps(json_safe(result), sort_keys=True))
     return 0
-
-
-def _json_safe(x: Any) -> Any:
-    """NaN / inf (e.g. inter_cluster with one cluster) as null, so the last line is strict JSON."""
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 if __name__ == "__main__":

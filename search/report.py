@@ -33,7 +33,10 @@ from typing import Any
 
 import pandas as pd
 
+from ctcae_core.cli import ArgumentParser, run_main
 from search.names import default_tracking_uri
+from search.reach import TrackingError, check_tracking_uri
+from search.redact import redact
 from search.reporting import render
 from search.reporting.importances import BestValues, best_configuration, importances
 from search.reporting.runs import SEED_KEYS, ReportError, StudyRuns, load_study_runs, runs_frame
@@ -143,7 +146,7 @@ def _separability_section(fin: pd.DataFrame, vkeys: list[str], out: Path) -> lis
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--study", required=True, help="study name (the `name` of its ablations/*.yaml, or run.py's --name)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
     p.add_argument("--out", help="output directory (default: reports/<study>)")
@@ -154,16 +157,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; an expected failure is one ``error:`` line and exit code 2 (ctcae_core/cli.py)."""
+    from mlflow.exceptions import MlflowException
+
+    return run_main(_main, argv, expected=(ReportError, TrackingError, MlflowException), clean=redact)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     uri = args.tracking_uri or default_tracking_uri()
+    check_tracking_uri(uri, existing=True)  # a dead server: a clear error within seconds, not minutes of retries
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    try:
-        sr = load_study_runs(client, args.study, args.parent_run)
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    sr = load_study_runs(client, args.study, args.parent_run)
     out = Path(args.out or Path("reports") / sr.name)
     text = build_report(client, sr, out, optuna_url=args.optuna_storage, tracking_uri=uri)
     if not args.no_log:

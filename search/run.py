@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ctcae_core.cli import ArgumentParser, count, run_main
 from search.names import (
     TAG_GIT_COMMIT,
     TAG_GIT_COMMIT_MLFLOW,
@@ -29,7 +30,7 @@ from search.names import (
 from search.redact import redact
 from search.space import StudyError, load_study
 from search.study import Study
-from search.tracking import TrackingError, check_tracking_uri
+from search.reach import TrackingError, check_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: its git commit, and the trials' PYTHONPATH
 
@@ -57,13 +58,13 @@ def trial_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--space", required=True, help="study file (ablations/*.yaml)")
     p.add_argument("--name", help="study name (default: the file's `name`, else its stem)")
-    p.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
-    p.add_argument("--max-concurrent", type=int, help="concurrent trials (overrides search.max_concurrent)")
+    p.add_argument("--num-samples", type=count(1), help="number of trials (overrides search.num_samples)")
+    p.add_argument("--max-concurrent", type=count(1), help="concurrent trials (overrides search.max_concurrent)")
     p.add_argument("--address", help="join a running Ray cluster ('auto' or host:port); default: start a local one")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored with --address)")
+    p.add_argument("--num-cpus", type=count(1), help="CPUs of the local Ray instance (ignored with --address)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment (default: the study name)")
     p.add_argument("--storage", help="where Ray keeps results (shared storage on a cluster; default ./ray_results)")
@@ -76,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     resume.add_argument("--resume-if-exists", action="store_true",
                         help="resume the study if it exists, start it otherwise (re-submitted cluster jobs)")
     p.add_argument("--smoke-test", action="store_true", help="tiny model, few steps, at most 4 trials")
-    p.add_argument("--top", type=int, default=10, help="rows of the final table to print (default 10)")
+    p.add_argument("--top", type=count(1), default=10, help="rows of the final table to print (default 10)")
     return p.parse_args(argv)
 
 
@@ -319,12 +320,8 @@ def finish(args: argparse.Namespace, study: Study, results: Any, tracker: Any, p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except (StudyError, TrackingError) as e:
-        print(f"error: {redact(str(e))}", file=sys.stderr)
-        return 2
+    """The command; an expected failure is one ``error:`` line and exit code 2 (ctcae_core/cli.py)."""
+    return run_main(lambda a: run(parse_args(a)), argv, expected=(StudyError, TrackingError), clean=redact)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,9 @@ from typing import Any
 
 import yaml
 
-from ctcae_core.config import ConfigError, ExperimentConfig, get_profile, key_type, list_profiles, valid_keys
+from ctcae_core.config import (
+    ConfigError, ExperimentConfig, UniqueKeyLoader, get_profile, key_type, list_profiles, valid_keys,
+)
 from ctcae_core.metric_names import reported_metric_pattern, reported_metrics_help
 from search.study import (
     Condition,
@@ -94,11 +96,13 @@ DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "int")
 CONDITION_OPS = ("eq", "ne", "gt", "ge", "lt", "le", "in")
 TOP_LEVEL = ("name", "description", "base", "data", "space", "objective", "search", "scheduler", "resources")
 SMOKE_PROFILE = "tiny"
+DATA_KEYS = ("data.dataset", "data.n_train", "train.batch_size")  # searched values checked against the data
 SMOKE_MAX_SAMPLES = 4
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-4`` / ``5E3`` as floats (YAML 1.1 wants ``1.0e-4``)."""
+class _Loader(UniqueKeyLoader):
+    """SafeLoader that also reads ``1e-4`` / ``5E3`` as floats (YAML 1.1 wants ``1.0e-4``) and
+    refuses a key given twice in one mapping (ctcae_core.config.UniqueKeyLoader)."""
 
 
 _Loader.add_implicit_resolver(
@@ -125,6 +129,8 @@ def load_study(path: str | Path, *, smoke: bool = False) -> Study:
         text = path.read_text()
     except OSError as e:
         raise StudyError(f"{path}: cannot read study file: {e}") from None
+    except UnicodeDecodeError:
+        raise StudyError(f"{path}: not a text file (not UTF-8); give a YAML study file (ablations/*.yaml)") from None
     return parse_study(text, source=str(path), smoke=smoke)
 
 
@@ -134,6 +140,8 @@ def parse_study(text: str, *, source: str = "<study>", smoke: bool = False) -> S
         raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         raise StudyError(f"{source}: not valid YAML: {e}") from None
+    except ConfigError as e:  # a duplicated key
+        raise StudyError(f"{source}: {e}") from None
     return _Parser(source).study(raw, text, smoke)
 
 
@@ -172,6 +180,16 @@ class _Parser:
             raise self.err(f"{where}.{key}", f"not a field of ExperimentConfig; valid keys: {valid_keys()}") from None
         return key
 
+    def feasible(self, where: str, cfg: ExperimentConfig) -> None:
+        """A config whose data can never work (unknown dataset, batch larger than the train split)
+        is refused here, not inside every trial."""
+        from ctcae_core.data import DatasetError, check_data
+
+        try:
+            check_data(cfg.data, cfg.train.batch_size)
+        except DatasetError as e:
+            raise self.err(where, str(e)) from None
+
     def apply(self, where: str, cfg: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
         try:
             return cfg.with_overrides(overrides)
@@ -200,6 +218,7 @@ class _Parser:
             profile = SMOKE_PROFILE
             overrides = {k: v for k, v in overrides.items() if k == "data.test_n_objects"}
         base = self.apply("base", get_profile(profile), overrides)
+        self.feasible("base", base)
 
         if "space" not in raw:
             raise self.err("space", "missing; map dotted config keys to distributions")
@@ -303,7 +322,9 @@ class _Parser:
             for v in values:
                 if not (v is None or isinstance(v, (str, int, float, bool))):
                     raise self.err(f"{where}.{kind}", f"values must be scalars (Optuna categorical), got {v!r}")
-                self.apply(f"{where}.{kind}", base, {key: v})
+                cfg = self.apply(f"{where}.{kind}", base, {key: v})
+                if key in DATA_KEYS:
+                    self.feasible(f"{where}.{kind}", cfg)
             if len({repr(v) for v in values}) != len(values):
                 raise self.err(f"{where}.{kind}", f"duplicate values in {values}")
             return Param(key, kind, values=tuple(values), when=when)
@@ -339,7 +360,9 @@ class _Parser:
         if log and low <= 0:
             raise self.err(f"{where}.{kind}", f"log needs low > 0, got {low}")
         for b in (low, high):
-            self.apply(f"{where}.{kind}", base, {key: b})
+            cfg = self.apply(f"{where}.{kind}", base, {key: b})
+            if key in DATA_KEYS:
+                self.feasible(f"{where}.{kind}", cfg)
         return Param(key, kind, low=low, high=high, step=step, log=log, when=when)
 
     def conditions(self, where: str, raw: Any, base: ExperimentConfig) -> tuple[Condition, ...]:
@@ -363,6 +386,8 @@ class _Parser:
                     if key_type(key) not in (int, float):
                         raise self.err(f"{where}.{key}.{op}", f"{op} needs a numeric field; {key} is not")
                     self.typed(f"{where}.{key}.{op}", value, (int, float), "a number")
+                    if not math.isfinite(value):
+                        raise self.err(f"{where}.{key}.{op}", f"must be a finite number, got {value!r}")
                 else:
                     self.apply(f"{where}.{key}.{op}", base, {key: value})
                 out.append(Condition(key, op, value))

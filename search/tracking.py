@@ -18,8 +18,6 @@ import re
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -44,31 +42,6 @@ _TUNE_KEYS = {
     "time_since_restore", "iterations_since_restore", "timesteps_total", "episodes_total", "done",
     "checkpoint_dir_name", "should_checkpoint", "date", "experiment_tag", "trial_id", "timesteps_since_restore",
 }
-
-
-class TrackingError(RuntimeError):
-    """The tracking server or store cannot be used."""
-
-
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast (before any training) if the tracking server is unreachable or the store unusable."""
-    if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                if resp.status != 200:
-                    raise TrackingError(f"MLflow server {redact(uri)} answered {resp.status} on /health")
-        except (urllib.error.URLError, OSError) as e:
-            raise TrackingError(
-                f"MLflow tracking server {redact(uri)} is not reachable ({redact(str(e))}); start it (see mlflow/) "
-                "or pass --tracking-uri / MLFLOW_TRACKING_URI"
-            ) from None
-    elif uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if not db.parent.is_dir():
-            raise TrackingError(f"tracking store {redact(uri)}: directory {db.parent} does not exist")
-    elif uri.startswith("file:") or "://" not in uri:
-        raise TrackingError(f"tracking URI {redact(uri)!r}: the MLflow file store is deprecated; use sqlite:///PATH or a server")
 
 
 def git_commit(repo: Path) -> str:

@@ -320,3 +320,138 @@ def test_subprocess_one_line_and_debug_traceback(world):
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "text.pt" in r.stderr
     r = _python("-m", "ctcae_core.evaluate", "--checkpoint", bad, "--debug")
     assert r.returncode != 0 and "Traceback" in r.stderr and "CheckpointError" in r.stderr
+
+
+# ---------------------------------------------------------------- search/ commands (no Ray, no server)
+STUDY_OK = """\
+base: {profile: tiny}
+space:
+  model.decoder: {choice: [upsample, transpose]}
+"""
+STUDY_CASES = [
+    ("duplicate-key", "base: {profile: tiny}\nbase: {profile: tiny}\nspace:\n  model.decoder: {choice: [upsample]}\n",
+     "'base' appears twice"),
+    ("duplicate-space-key", STUDY_OK + "  model.decoder: {choice: [transpose]}\n", "'model.decoder' appears twice"),
+    ("unknown-dataset-choice", STUDY_OK + "  data.dataset: {choice: [tetrominoes, nope]}\n", "'nope'"),
+    ("batch-larger-than-dataset", STUDY_OK + "  train.batch_size: {choice: [16, 5000]}\n", "train.batch_size 5000"),
+    ("batch-bound-larger-than-dataset", STUDY_OK + "  train.batch_size: {int: [8, 5000]}\n", "train.batch_size 5000"),
+    ("nan-bound", STUDY_OK + "  train.lr: {loguniform: [.nan, 1.0e-3]}\n", "space.train.lr"),
+    ("nan-choice", STUDY_OK + "  contrastive.weight: {choice: [0.0, .nan]}\n", "contrastive.weight"),
+    ("inf-condition", STUDY_OK + "  contrastive.dec_top_k:\n    choice: [3, 5]\n    when: {contrastive.weight: {gt: .inf}}\n",
+     "contrastive.weight.gt"),
+    ("base-unknown-dataset", "base: {profile: tiny}\ndata: {dataset: nope}\nspace:\n  model.decoder: {choice: [upsample]}\n",
+     "'nope'"),
+]
+
+
+@pytest.fixture
+def search_root(tmp_path):
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)) * 4)
+    return tmp_path
+
+
+@pytest.mark.parametrize("case,text,named", STUDY_CASES, ids=[c[0] for c in STUDY_CASES])
+def test_run_refuses_bad_study_before_ray(search_root, capsys, case, text, named):
+    from search import run as run_cmd
+
+    f = search_root / f"{case}.yaml"
+    f.write_text(text)
+    line = run_bad(run_cmd.main, ["--space", str(f), "--tracking-uri", f"sqlite:///{search_root}/m.db"], search_root, capsys)
+    assert named in line and f.name in line
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["--space", "{root}/binary.yaml"], "binary.yaml"),
+    (["--space", "{root}/missing.yaml"], "missing.yaml"),
+    (["--space", "{root}"], "cannot read"),
+    (["--space", "{root}/ok.yaml", "--num-samples", "0"], "--num-samples"),
+    (["--space", "{root}/ok.yaml", "--max-concurrent", "-1"], "--max-concurrent"),
+    (["--space", "{root}/ok.yaml", "--tracking-uri", "http://127.0.0.1:9"], "127.0.0.1:9"),
+], ids=["binary", "missing", "directory", "num-samples-zero", "max-concurrent-negative", "server-unreachable"])
+def test_run_bad_arguments(search_root, capsys, argv, named):
+    from search import run as run_cmd
+
+    (search_root / "ok.yaml").write_text(STUDY_OK)
+    argv = [a.format(root=search_root) for a in argv]
+    if "--tracking-uri" not in argv:
+        argv += ["--tracking-uri", f"sqlite:///{search_root}/m.db"]
+    assert named in run_bad(run_cmd.main, argv, search_root, capsys)
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP port that accepts connections and never answers (a hung server)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    yield f"http://127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+
+
+@pytest.mark.parametrize("which", ["refused", "silent", "missing-sqlite"])
+def test_report_and_evaluate_give_up_on_the_tracking_server(search_root, capsys, silent_server, which, world):
+    import time
+
+    import mlflow.exceptions  # noqa: F401 - imported before the clock starts: the bound is on waiting, not importing
+    import mlflow.tracking  # noqa: F401
+
+    from search import evaluate as search_evaluate
+    from search import report as report_cmd
+
+    uri = {"refused": "http://127.0.0.1:9", "silent": silent_server,
+           "missing-sqlite": f"sqlite:///{search_root}/none.db"}[which]
+    for main, argv in ((report_cmd.main, ["--study", "s", "--out", str(search_root / "rep")]),
+                       (search_evaluate.main, ["--run", "0123abcd"])):
+        t0 = time.monotonic()
+        line = run_bad(main, argv + ["--tracking-uri", uri], search_root, capsys)
+        assert time.monotonic() - t0 < 15
+        assert uri.split("///")[-1] in line or uri in line
+
+
+@pytest.mark.parametrize("case,argv,named", [
+    ("checkpoint-missing", ["--checkpoint", "{root}/nope.pt"], "nope.pt"),
+    ("not-a-checkpoint", ["--checkpoint", "{root}/text.pt"], "text.pt"),
+    ("bare-state-dict", ["--checkpoint", "{root}/state_dict.pt"], "bare state_dict"),
+    ("empty-split", ["--checkpoint", "{ckpt}", "--n-objects", "7", "--device", "cpu"], "no image"),
+    ("batch-size-zero", ["--checkpoint", "{ckpt}", "--batch-size", "0"], "--batch-size"),
+], ids=["checkpoint-missing", "not-a-checkpoint", "bare-state-dict", "empty-split", "batch-size-zero"])
+def test_search_evaluate_bad_checkpoint(world, capsys, case, argv, named):
+    from search import evaluate as search_evaluate
+
+    assert named in run_bad(search_evaluate.main, _fill(argv, world), world["root"], capsys)
+
+
+# ---------------------------------------------------------------- mlflow/serve.py (a script: its own small boundary)
+@pytest.fixture(scope="module")
+def serve():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ctcae_serve", ROOT / "mlflow" / "serve.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ctcae_serve"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["ctcae_serve"]
+
+
+@pytest.mark.parametrize("case,argv,named", [
+    ("port-zero", ["--port", "0", "--dry-run"], "--port"),
+    ("workers-zero", ["--workers", "0", "--dry-run"], "--workers"),
+    ("data-dir-under-a-file", ["--data-dir", "{root}/a_file/sub", "--port", "5999"], "Not a directory"),
+    ("production-without-settings", ["--mode", "production", "--dry-run"], "MLFLOW_"),
+], ids=["port-zero", "workers-zero", "data-dir-under-a-file", "production-without-settings"])
+def test_serve_bad_input(serve, tmp_path, capsys, monkeypatch, case, argv, named):
+    for key in list(os.environ):
+        if key.startswith(("MLFLOW_", "CTCAE_MLFLOW")):
+            monkeypatch.delenv(key)
+    (tmp_path / "a_file").write_text("x")
+    before = snapshot(tmp_path)
+    try:
+        rc = serve.main([a.format(root=tmp_path) for a in argv])
+    except SystemExit as exc:  # argparse
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and named in err
+    assert snapshot(tmp_path) == before
