@@ -2,7 +2,7 @@
 
 A complex activation z = m e^{i phi} travels as two real tensors ``(m, phi)`` of the same shape,
 which keeps every kernel real (faster on CPU than torch's complex kernels, and no complex
-autograd). One function, :func:`apply_complex`, holds the layer arithmetic of DESIGN.md; the
+autograd). One function, :func:`apply_complex`, holds the layer arithmetic of docs/model.md; the
 Conv, ConvTranspose and Linear wrappers only supply the real linear map ``f``.
 """
 from __future__ import annotations

@@ -73,16 +73,16 @@ def flat_metrics(result: Mapping[str, Any], prefix: str) -> dict[str, float]:
 @cache
 def reported_metric_pattern() -> re.Pattern[str]:
     """The names ``train.fit`` reports after each evaluation: what a study may optimise or schedule on."""
-    from ctcae_core.metrics import _PER_COUNT_KEYS, METRIC_KEYS  # torch: only when a study is validated
+    from ctcae_core.metrics import PER_COUNT_KEYS, METRIC_KEYS  # torch: only when a study is validated
 
-    alts = [*TRAIN_LOSSES, *(f"val_{k}" for k in METRIC_KEYS), *(per_count(f"val_{k}", r"\d+") for k in _PER_COUNT_KEYS)]
+    alts = [*TRAIN_LOSSES, *(f"val_{k}" for k in METRIC_KEYS), *(per_count(f"val_{k}", r"\d+") for k in PER_COUNT_KEYS)]
     return re.compile("|".join(alts))
 
 
 def reported_metrics_help() -> str:
-    from ctcae_core.metrics import _PER_COUNT_KEYS, METRIC_KEYS
+    from ctcae_core.metrics import PER_COUNT_KEYS, METRIC_KEYS
 
-    names = [f"val_{k}" for k in METRIC_KEYS] + [per_count(f"val_{k}", "<k>") for k in _PER_COUNT_KEYS] + list(TRAIN_LOSSES)
+    names = [f"val_{k}" for k in METRIC_KEYS] + [per_count(f"val_{k}", "<k>") for k in PER_COUNT_KEYS] + list(TRAIN_LOSSES)
     return ", ".join(names)
 
 

@@ -17,7 +17,7 @@ CUDA; results come back on the input's device). The protocol follows the paper's
 Differences from the paper's code, on purpose:
 
 * the paper counts ``-1`` (overlap) as one more cluster when an image has overlap pixels; here
-  K counts only labels >= 0, as DESIGN.md says;
+  K counts only labels >= 0, as docs/model.md says;
 * ARI of an image with fewer than 2 counted pixels (e.g. ARI-FG of a background-only image) is
   NaN here, where scikit-learn returns 1.0; aggregation skips NaNs.
 
@@ -50,7 +50,8 @@ __all__ = [
 
 #: Per-image metrics produced by :func:`evaluate_batch` and averaged by :class:`MetricAccumulator`.
 METRIC_KEYS: tuple[str, ...] = ("mse", "ari_fg", "ari_full", "inter_cluster", "intra_cluster", "phase_spread")
-_PER_COUNT_KEYS: tuple[str, ...] = ("ari_fg", "ari_full")
+PER_COUNT_KEYS: tuple[str, ...] = ("ari_fg", "ari_full")  # also averaged per object count
+_PER_COUNT_KEYS = PER_COUNT_KEYS
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The complex autoencoder with the CAE / CAE++ / CtCAE toggles (DESIGN.md, "The model")."""
+"""The complex autoencoder with the CAE / CAE++ / CtCAE toggles (docs/model.md, "Autoencoder")."""
 from __future__ import annotations
 
 import math

@@ -214,6 +214,7 @@ def test_oracle_parity_in_eval_mode_and_random_input_phase(variant):
     _assert_parity(ours, theirs, symmetric_start=False, n_enc=5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_oracle_parity_after_200_training_steps(variant):
     torch.manual_seed(3)
