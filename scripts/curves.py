@@ -9,7 +9,8 @@ run's last checkpoint, so the same command continues a curve across sessions. Ea
 appends one row (step, cumulative wall and CPU seconds, training and validation figures) to the
 run's ``curve.csv``. ``--max-minutes`` stops cleanly after the first evaluation past the limit.
 
-``report`` gathers every run's ``curve.csv`` into ``reports/curves/curves.csv``, draws
+A fresh machine continues from the copies that ``report --snapshot`` commits under
+``reports/curves/checkpoints/``. ``report`` gathers every run's ``curve.csv`` into ``reports/curves/curves.csv``, draws
 ``curves.png`` (validation ARI-FG, phase spread and MSE against steps, ARI-FG against CPU time)
 and writes ``README.md`` with, per run, the first step and CPU time at which ARI-FG passes 0.3,
 0.5 and 0.7, or the highest value reached.
@@ -20,6 +21,7 @@ import argparse
 import csv
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -84,6 +86,12 @@ def train_run(name: str, run: dict[str, Any], until: int, run_root: Path, deadli
 
     out = run_root / name
     ckpt = out / "checkpoint_last.pt"
+    saved = REPORT_DIR / "checkpoints" / name
+    if not ckpt.is_file() and (saved / "checkpoint_last.pt").is_file():
+        # a fresh machine: continue from the copy committed with the report (see ``snapshot``)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in ("checkpoint_last.pt", "curve.csv"):
+            shutil.copyfile(saved / f, out / f)
     cfg = run_config(name, run, until)
     rows = _read_rows(out / "curve.csv")
     resume = ckpt if ckpt.is_file() else None
@@ -203,16 +211,17 @@ def _plot(per_run: dict[str, list[dict[str, Any]]], path: Path) -> None:
         for name, rows in per_run.items():
             xs = [float(r[x]) / (3600 if x == "cpu_s" else 1) for r in rows]
             ys = [float(r[y]) for r in rows]
-            variant = name.split("_")[0]
-            style = "-" if "_small" in name else "--"
-            ax.plot(xs, ys, style, color=colours.get(variant), alpha=0.85, label=name)
+            variant, _, rest = name.partition("_")
+            remedy = rest.split("_")[1] if rest.count("_") >= 2 else ""  # width_remedy_seed or width_seed
+            style = ":" if not remedy else ("-" if "_small" in name else "--")
+            ax.plot(xs, ys, style, marker="o", markersize=3, color=colours.get(variant), alpha=0.85, label=name)
         ax.set_xlabel("CPU hours (one thread)" if x == "cpu_s" else "training step")
         ax.set_ylabel(label)
         if y == "val_phase_spread":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7, ncol=2)
-    fig.suptitle("Tetrominoes: CAE (blue), CAE++ (orange), CtCAE (green); solid _small, dashed half width")
+    fig.suptitle("Tetrominoes: CAE (blue), CAE++ (orange), CtCAE (green); dotted: the paper's exact setting; solid: a symmetry-breaking option")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -229,9 +238,20 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--run-root", type=Path, default=DEFAULT_RUN_ROOT, help="checkpoints and curve.csv per run")
     rp = sub.add_parser("report", help="write reports/curves/{curves.csv,curves.png,README.md}")
     rp.add_argument("--run-root", type=Path, default=DEFAULT_RUN_ROOT)
+    rp.add_argument("--snapshot", action="store_true",
+                    help="also copy each run's last checkpoint and curve.csv to reports/curves/checkpoints/ "
+                         "(committed, so that a fresh machine continues the curves)")
     args = parser.parse_args(argv)
     if args.cmd == "report":
         print(write_report(args.run_root))
+        if args.snapshot:
+            for name in load_runs():
+                src = args.run_root / name
+                if (src / "checkpoint_last.pt").is_file():
+                    dst = REPORT_DIR / "checkpoints" / name
+                    dst.mkdir(parents=True, exist_ok=True)
+                    for f in ("checkpoint_last.pt", "curve.csv"):
+                        shutil.copyfile(src / f, dst / f)
         return 0
     runs = load_runs()
     unknown = [n for n in args.runs if n not in runs]
