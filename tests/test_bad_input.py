@@ -313,6 +313,7 @@ def _python(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
 
 
+@pytest.mark.slow  # two fresh interpreters
 def test_subprocess_one_line_and_debug_traceback(world):
     bad = str(world["root"] / "text.pt")
     r = _python("-m", "ctcae_core.evaluate", "--checkpoint", bad)
@@ -390,6 +391,7 @@ def silent_server():
     s.close()
 
 
+@pytest.mark.slow  # waits out a silent server
 @pytest.mark.parametrize("which", ["refused", "silent", "missing-sqlite"])
 def test_report_and_evaluate_give_up_on_the_tracking_server(search_root, capsys, silent_server, which, world):
     import time

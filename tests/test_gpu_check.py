@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # trains in a fresh interpreter
 def test_gpu_check_dry_run_prints_one_strict_json_line(tmp_path):
     env = dict(os.environ, CTCAE_DATA_CACHE=os.environ.get("CTCAE_DATA_CACHE", str(tmp_path / "data")))
     res = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--device", "cpu"], cwd=ROOT,
