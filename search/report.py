@@ -14,7 +14,9 @@ under ``report/``:
 3. for TPE / random studies: Optuna's hyperparameter importances (fANOVA) from the study's
    Optuna storage, or, when that cannot be opened, from an in-memory Optuna study rebuilt from the
    MLflow runs; and the best configuration;
-4. phase separability: inter- and intra-cluster distances of the phase clusters per variant.
+4. phase separability: inter- and intra-cluster distances of the phase clusters per variant;
+5. learning curves (validation ARI-FG, phase spread and MSE against steps, mean +- std over seeds)
+   and each variant's phase-map panel (its median-seed run's tested checkpoint).
 
 Only FINISHED child runs enter the numbers; failed and killed (early-stopped, interrupted) runs
 are counted and listed. The parts live in search/reporting/: reading the runs (runs.py), the
@@ -38,6 +40,7 @@ from search.names import default_tracking_uri
 from search.reach import TrackingError, check_tracking_uri
 from search.redact import redact
 from search.reporting import render
+from search.reporting.curves import CURVE_METRICS, curve_frame, curve_table, fetch_panels
 from search.reporting.importances import BestValues, best_configuration, importances
 from search.reporting.runs import SEED_KEYS, ReportError, StudyRuns, load_study_runs, runs_frame
 from search.reporting.tables import add_variant_columns, paper_table, per_count_table, separability_table, variant_keys
@@ -58,6 +61,7 @@ def build_report(client: Any, sr: StudyRuns, out: Path, *, optuna_url: str | Non
     if sr.algorithm in ("tpe", "random"):
         md += _search_section(client, sr, fin, out, optuna_url)
     md += _separability_section(fin, vkeys, out)
+    md += _curves_section(client, fin, out)
     if sr.notes:
         md += ["## Notes", ""] + [f"- {n}" for n in sr.notes] + [""]
     df.to_csv(out / "runs.csv", index=False)
@@ -127,6 +131,27 @@ def _search_section(client: Any, sr: StudyRuns, fin: pd.DataFrame, out: Path, op
                f"Run `{best['run_name']}` (`{best['run_id']}`): best {best['objective']} = {best['value']:.4f}; test "
                + ", ".join(f"{k} = {float(v):.4g}" for k, v in best["test"].items() if v is not None and math.isfinite(float(v))), "",
                render.md_table(["parameter", "value"], [[k, v] for k, v in best["params"].items()]), ""]
+    return md
+
+
+def _curves_section(client: Any, fin: pd.DataFrame, out: Path) -> list[str]:
+    """Validation curves over seeds, and each variant's phase-map panel."""
+    ct = curve_table(curve_frame(client, fin)) if not fin.empty else curve_table(pd.DataFrame())
+    ct.to_csv(out / "learning_curves.csv", index=False)
+    plot = render.plot_curves(ct, CURVE_METRICS, out / "learning_curves.png")
+    md = ["## Learning curves", "", f"Validation ARI-FG at each evaluation step; {STD_NOTE}.", "", render.md_curves(ct, "val_ari_fg"), "",
+          "Output phase spread (rad; circular std of the output phase over pixels with |z| > 0.1, docs/model.md):", "",
+          render.md_curves(ct, "val_phase_spread"), ""]
+    if plot:
+        md += [f"![learning curves]({plot.name})", ""]
+    panels = fetch_panels(client, fin, out)
+    if panels:
+        md += ["## Phase maps", "",
+               "Per variant, the run with the median test ARI-FG: rows are the input, the reconstruction, the output phase "
+               "(hue) weighted by magnitude, the true segments and the predicted clusters, on the first test images.", ""]
+        for p in panels:
+            md += [f"**{p['dataset']}, {p['variant']}**: `{p['run_name']}` (seed {p['seed']}, tested checkpoint of step {p['step']}, "
+                   f"test ARI-FG {float(p['test_ari_fg']):.3f})", "", f"![{p['variant']}]({p['file']})", ""]
     return md
 
 

@@ -9,6 +9,7 @@ import math
 import statistics
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -81,6 +82,12 @@ def start_child(tracker, study, parent: str, trial_id: str, point: dict) -> str:
     return tracker.start_child(parent, trial_id, f"{study.name}-{trial_id}", cfg.flat(), tags)
 
 
+def _png(path: Path, value: int) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.full((4, 4), value, np.uint8)).save(path)
+
+
 @pytest.fixture(scope="module")
 def tracking(mlflow_server):
     from search.tracking import Tracker
@@ -107,7 +114,13 @@ def grid_study(tracking):
             for k in [3, 4, 5, 6]:
                 m[f"test_n{k}_ari_fg"] = per_count(ari, k, seed)
                 m[f"test_ari_fg_n{k}"] = 0.0  # ... beside the share of the whole split, which must lose
-        log(tracker, run, {250: {"val_ari_fg": ari - 0.2}, 500: m})
+        log(tracker, run, {250: {"val_ari_fg": ari - 0.2, "val_phase_spread": 0.1 * seed}, 500: m})
+        if ds == "tetrominoes":  # the panel a trial logs with its tested checkpoint; its pixels name the run
+            png = Path(tempfile.mkdtemp()) / "pngs"
+            png.mkdir()
+            _png(png / "panel_step500.png", seed)
+            _png(png / "panel_step250.png", 9)
+            tracker.log_artifacts(run, png.parent)
         tracker.end(run, "FINISHED")
     # Runs that must not count: a failed trial and an early-stopped one, with absurd metrics.
     for tid, status, reason in (("fail", "FAILED", "non-finite loss: step 7"), ("kill", "KILLED", "early-stopped by the scheduler at step 250")):
@@ -173,13 +186,32 @@ def test_grid_report(grid_study, tmp_path):
     assert row["intra_cluster_mean"] == pytest.approx(0.02, abs=1e-9)
     assert row["intra_cluster_std"] == pytest.approx(0.01, abs=1e-9)
 
+    # (5) learning curves: mean/std over seeds per step; panels of the median-seed run per variant
+    lc = pd.read_csv(out / "learning_curves.csv")
+    for (ds, w), vals in ARI.items():
+        variant = "CtCAE" if w > 0 else "CAE++"
+        g = lc[(lc["dataset"] == ds) & (lc["variant"] == variant) & (lc["metric"] == "val_ari_fg")].set_index("step")
+        assert list(g.index) == [250, 500] and (g["n"] == 3).all()
+        assert g.loc[250, "mean"] == pytest.approx(statistics.mean(vals) - 0.2, abs=1e-9)
+        assert g.loc[500, "std"] == pytest.approx(statistics.stdev(vals), abs=1e-9)
+        spread = lc[(lc["dataset"] == ds) & (lc["variant"] == variant) & (lc["metric"] == "val_phase_spread")]
+        assert spread["mean"].tolist() == pytest.approx([0.1])
+    from PIL import Image
+
+    for variant, w in (("CtCAE", 1e-4), ("CAE++", 0.0)):  # median of the three seeds' ARI-FG, the last step's panel
+        median_seed = sorted(range(3), key=lambda s: ARI[("tetrominoes", w)][s])[1]
+        pixels = np.asarray(Image.open(out / "panels" / f"tetrominoes_{variant}.png"))
+        assert (pixels == median_seed).all(), variant
+        assert f"seed {median_seed}, tested checkpoint of step 500" in md
+    assert not list((out / "panels").glob("multi*"))  # no panel logged there: none claimed
+
     # no importances for a grid study; files written and logged to the parent run
     assert not (out / "importances.csv").exists()
     files = ["report.md", "paper_table.csv", "per_object_count.csv", "per_object_count.png", "separability.csv",
-             "separability.png", "runs.csv"]
+             "separability.png", "runs.csv", "learning_curves.csv", "learning_curves.png"]
     for fname in files:
         assert (out / fname).stat().st_size > 0, fname
-    for png in ("per_object_count.png", "separability.png"):
+    for png in ("per_object_count.png", "separability.png", "learning_curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     logged = {Path(a.path).name for a in tracker.client.list_artifacts(parent, "report")}
     assert set(files) <= logged

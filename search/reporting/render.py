@@ -149,3 +149,42 @@ def plot_importances(imp: pd.DataFrame, path: Path) -> Path | None:
         ax.barh(g["param"], g["importance"])
         ax.set_xlabel(f"importance for {obj} (fANOVA)")
     return _save_figure(plt, fig, path)
+
+
+def md_curves(ct: pd.DataFrame, metric: str = "val_ari_fg") -> str:
+    """A Markdown table of one metric: a row per (dataset, variant), a column per step."""
+    g = ct[ct["metric"] == metric]
+    if g.empty:
+        return "_No validation history logged._"
+    steps = sorted(g["step"].unique())
+    rows = []
+    for (ds, variant), gv in g.groupby(["dataset", "variant"], sort=False):
+        by = {int(r["step"]): r for r in gv.to_dict("records")}
+        rows.append([ds, variant, str(int(gv["n"].max()))]
+                    + [fmt(by[s]["mean"], by[s]["std"], "ari") if s in by else "" for s in steps])
+    return md_table(["dataset", "variant", "n", *[str(s) for s in steps]], rows)
+
+
+def plot_curves(ct: pd.DataFrame, metrics: tuple[tuple[str, str], ...], path: Path) -> Path | None:
+    """A row of plots per dataset, one per (metric, label) against steps: mean +- std bands per variant."""
+    if ct.empty:
+        return None
+    plt = _pyplot()
+    datasets = sorted(ct["dataset"].unique())
+    colors = {v: f"C{i % 10}" for i, v in enumerate(dict.fromkeys(ct["variant"]))}
+    fig, axes = plt.subplots(len(datasets), len(metrics), figsize=(4.2 * len(metrics), 3.3 * len(datasets)), squeeze=False)
+    for row, ds in zip(axes, datasets):
+        for ax, (metric, label) in zip(row, metrics):
+            g = ct[(ct["dataset"] == ds) & (ct["metric"] == metric)]
+            for variant, gv in g.groupby("variant", sort=False):
+                std = gv["std"].fillna(0)
+                ax.plot(gv["step"], gv["mean"], marker="o", ms=3, color=colors[variant], label=f"{variant} (n={int(gv['n'].max())})")
+                ax.fill_between(gv["step"], gv["mean"] - std, gv["mean"] + std, color=colors[variant], alpha=0.2)
+            ax.set_xlabel("step")
+            ax.set_ylabel(label)
+            ax.set_title(f"{ds}: {label}", fontsize=9)
+            if metric == "val_ari_fg":
+                ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.0)
+            if not g.empty:
+                ax.legend(fontsize=7)
+    return _save_figure(plt, fig, path)
