@@ -90,13 +90,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         cfg = ExperimentConfig.from_dict(payload["config"])
     except ConfigError as exc:
-        raise CheckpointError(f"checkpoint {path}: its config is invalid ({exc})") from exc
+        raise CheckpointError(f"checkpoint {path}: its config is invalid ({exc}); pass a checkpoint written by ctcae_core.train") from exc
     model = build_model(cfg.model, cfg.data.resolution)
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise CheckpointError(
-            f"checkpoint {path}: its weights do not fit the model its config describes ({str(exc).splitlines()[0]})"
+            f"checkpoint {path}: its weights do not fit the model its config describes ({str(exc).splitlines()[0]}); "
+            f"pass a checkpoint written by ctcae_core.train"
         ) from exc
     return model, cfg, payload
 

@@ -8,6 +8,7 @@ traceback of every error.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -60,11 +61,19 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
 
 
 def describe(exc: BaseException) -> str:
-    """One line for an expected exception (OS errors name their path and say what to check)."""
+    """One line for an expected exception (OS errors name their path and say what to check).
+
+    The project's own errors carry their "; what to do" part; another library's error (an MLflow
+    client's, an OS error without a path) gets a generic one.
+    """
     if isinstance(exc, OSError) and not isinstance(exc, UserError) and getattr(exc, "filename", None):
         what = exc.strerror or type(exc).__name__
+        if exc.errno == errno.ENOSPC:
+            return f"{exc.filename}: {what}; free some space or write elsewhere, then run the command again"
         return f"{exc.filename}: {what}; check the path and its permissions"
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if type(exc).__module__.split(".")[0] not in ("ctcae_core", "search", "__main__") and "; " not in text:
+        text += "; check the arguments (--debug shows the traceback)"
     return text
 
 

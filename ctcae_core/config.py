@@ -6,10 +6,10 @@ checkpoint carries, so a model can always be rebuilt from what was saved beside 
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 import re
-
-import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
@@ -52,19 +52,21 @@ class ModelConfig:
         for key, hi in (("phase_bias_init", math.pi), ("phase_noise", math.pi)):
             v = getattr(self, key)
             if not (math.isfinite(v) and 0.0 <= v <= hi):
-                raise ConfigError(f"model.{key}: must be a number in [0, pi], got {v}")
+                raise ConfigError(f"model.{key}: got {v}; give a number in [0, pi] (radians)")
         n = len(self.enc_channels)
         if n == 0:
-            raise ConfigError("model.enc_channels: needs at least one layer")
+            raise ConfigError("model.enc_channels: empty; give at least one layer width")
         for key in ("enc_strides", "enc_kernels"):
             if len(getattr(self, key)) != n:
                 raise ConfigError(
-                    f"model.{key}: has {len(getattr(self, key))} entries but model.enc_channels has {n}"
+                    f"model.{key}: has {len(getattr(self, key))} entries but model.enc_channels has {n}; "
+                    f"give one per layer"
                 )
         if any(s not in (1, 2) for s in self.enc_strides):
-            raise ConfigError(f"model.enc_strides: each stride must be 1 or 2, got {self.enc_strides}")
+            raise ConfigError(f"model.enc_strides: got {list(self.enc_strides)}; give strides of 1 or 2")
         if self.decoder == "transpose" and any(k != 3 for k, s in zip(self.enc_kernels, self.enc_strides) if s == 2):
-            raise ConfigError("model.enc_kernels: the transposed-conv decoder needs kernel 3 on stride-2 layers")
+            raise ConfigError("model.enc_kernels: the transposed-conv decoder needs kernel 3 on stride-2 layers; "
+                              "set those kernels to 3 or use model.decoder=upsample")
         _positive("model.in_channels", self.in_channels)
         _positive("model.linear_dim", self.linear_dim)
         for c in self.enc_channels + self.enc_kernels:
@@ -93,16 +95,16 @@ class ContrastiveConfig:
     def __post_init__(self) -> None:
         _choice("contrastive.layers", self.layers, CONTRASTIVE_LAYERS)
         if not (math.isfinite(self.weight) and self.weight >= 0):  # NaN fails every comparison
-            raise ConfigError(f"contrastive.weight: must be a finite number >= 0, got {self.weight}")
+            raise ConfigError(f"contrastive.weight: got {self.weight}; give a finite number >= 0 (0 turns the loss off)")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ConfigError(f"contrastive.temperature: must be a finite number > 0, got {self.temperature}")
+            raise ConfigError(f"contrastive.temperature: got {self.temperature}; give a finite number > 0")
         for side in ("enc", "dec"):
             pos, top = getattr(self, f"{side}_positives"), getattr(self, f"{side}_top_k")
             neg, bot = getattr(self, f"{side}_negatives"), getattr(self, f"{side}_bottom_m")
             if not 0 < pos <= top:
-                raise ConfigError(f"contrastive.{side}_positives: need 0 < positives ({pos}) <= top_k ({top})")
+                raise ConfigError(f"contrastive.{side}_positives: {pos} with {side}_top_k {top}; need 0 < positives <= top_k")
             if not 0 < neg <= bot:
-                raise ConfigError(f"contrastive.{side}_negatives: need 0 < negatives ({neg}) <= bottom_m ({bot})")
+                raise ConfigError(f"contrastive.{side}_negatives: {neg} with {side}_bottom_m {bot}; need 0 < negatives <= bottom_m")
             _positive(f"contrastive.{side}_anchors", getattr(self, f"{side}_anchors"))
         _positive("contrastive.dec_patch", self.dec_patch)
 
@@ -131,7 +133,7 @@ class DataConfig:
         if not self.dataset:
             raise ConfigError("data.dataset: empty; give a generated dataset name or a dataset directory")
         if self.data_seed < 0:
-            raise ConfigError(f"data.data_seed: must be >= 0, got {self.data_seed}")
+            raise ConfigError(f"data.data_seed: got {self.data_seed}; give an integer >= 0")
 
 
 @dataclass(frozen=True)
@@ -152,11 +154,11 @@ class TrainConfig:
         for key in ("steps", "batch_size", "eval_every", "eval_images", "log_every"):
             _positive(f"train.{key}", getattr(self, key))
         if self.seed < 0:
-            raise ConfigError(f"train.seed: must be >= 0, got {self.seed}")
+            raise ConfigError(f"train.seed: got {self.seed}; give an integer >= 0")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"train.lr: must be a finite number > 0, got {self.lr}")
+            raise ConfigError(f"train.lr: got {self.lr}; give a finite number > 0, e.g. 4e-4")
         if not _DEVICE.fullmatch(self.device):
-            raise ConfigError(f"train.device: {self.device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'")
+            raise ConfigError(f"train.device: {self.device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,7 @@ class ExperimentConfig:
             items = []
             for item in overrides:
                 if "=" not in item:
-                    raise ConfigError(f"override {item!r}: expected key=value, e.g. model.decoder=transpose")
+                    raise ConfigError(f"override {item!r}: no '='; write key=value, e.g. model.decoder=transpose")
                 key, raw = item.split("=", 1)
                 items.append((key.strip(), parse_value(key.strip(), raw)))
         d = self.to_dict()
@@ -219,7 +221,10 @@ def key_type(key: str) -> Any:
         hints = typing.get_type_hints(cls)
         if part not in hints:
             where = ".".join(parts[:i]) or "top level"
-            raise ConfigError(f"unknown config key {key!r}; valid keys at {where}: {sorted(hints)}")
+            close = [k for k in valid_keys() if k.endswith("." + parts[-1])][:1]  # "lr" -> "train.lr"
+            close = close or difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys at {where}: {sorted(hints)}"
+            raise ConfigError(f"unknown config key {key!r}; {hint}")
         tp = hints[part]
         cls = tp
     if dataclasses.is_dataclass(tp):
@@ -238,29 +243,45 @@ def parse_value(key: str, raw: str) -> Any:
         try:
             return [int(x) for x in text.split(",") if x.strip()]
         except ValueError:
-            raise ConfigError(f"{key}: expected comma-separated integers, got {raw!r}") from None
+            raise ConfigError(f"{key}: got {raw!r}; give comma-separated integers, e.g. 32,32,64") from None
     if tp is str:
         return raw
     if tp in (int, float):
         try:
             return tp(raw)
         except ValueError:
-            raise ConfigError(f"{key}: expected {tp.__name__}, got {raw!r}") from None
+            raise ConfigError(f"{key}: got {raw!r}; give {_A[tp]}") from None
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
-        raise ConfigError(f"{key}: cannot parse {raw!r}") from None
+        raise ConfigError(f"{key}: cannot parse {raw!r}; give a plain value") from None
     return value
+
+
+def suggest(word: str, choices: Any, what: str = "valid") -> str:
+    """The "what to do" of an unknown name: the closest valid one if there is one, else all of them."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}? ({what}: {sorted(choices)})"
+    return f"{what}: {sorted(choices)}"
+
+
+_A = {int: "an integer", float: "a number"}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+        raise ConfigError(f"{key}: {value!r} is not valid; use one of {list(choices)}")
 
 
 def _positive(key: str, value: int) -> None:
     if not value > 0:
-        raise ConfigError(f"{key}: must be > 0, got {value}")
+        raise ConfigError(f"{key}: got {value}; give a value > 0")
 
 
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
@@ -276,7 +297,7 @@ def _check_type(key: str, tp: Any, value: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list of integers, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: got {type(value).__name__} {value!r}; give a list of integers")
         return tuple(_check_type(f"{key}[{i}]", typing.get_args(tp)[0], v) for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
@@ -284,40 +305,41 @@ def _check_type(key: str, tp: Any, value: Any) -> Any:
                 return _check_type(key, arg, value)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: {value!r} does not match {tp}")
+        raise ConfigError(f"{key}: {value!r} does not match {tp}; give a value of that type")
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: got {type(value).__name__} {value!r}; give true/false")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: got {type(value).__name__} {value!r}; give an integer")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: got {type(value).__name__} {value!r}; give a number")
         if not math.isfinite(value):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{key}: got {value!r}; give a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: got {type(value).__name__} {value!r}; give a string")
         return value
     if tp is type(None):
         if value is not None:
-            raise ConfigError(f"{key}: expected null")
+            raise ConfigError(f"{key}: got {value!r}; give null")
         return None
-    raise ConfigError(f"{key}: unsupported type {tp}")
+    raise ConfigError(f"{key}: unsupported type {tp}; this is a bug in the config schema, please report it")
 
 
 def _build(cls: Any, d: Any, prefix: str) -> Any:
     where = prefix.rstrip(".") or "top level"
     if not isinstance(d, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+        raise ConfigError(f"{where}: got {type(d).__name__} {_short(d)}; give a mapping of keys to values")
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(d) - set(hints))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]} at {where}; valid keys: {sorted(hints)}")
+        raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]} at {where}; "
+                          f"{suggest(unknown[0], hints, 'valid keys')}")
     kwargs = {}
     for name, value in d.items():
         tp = hints[name]
@@ -409,7 +431,7 @@ def list_profiles() -> list[str]:
 def get_profile(name: str) -> ExperimentConfig:
     """A named profile, e.g. ``ctcae_tetrominoes`` or ``caepp_multi_dsprites_small``."""
     if name not in PROFILES:
-        raise ConfigError(f"unknown profile {name!r}; valid profiles: {list_profiles()}")
+        raise ConfigError(f"unknown profile {name!r}; {suggest(name, PROFILES, 'valid profiles')}")
     return PROFILES[name]()
 
 

@@ -95,9 +95,15 @@ def fit(
     # Everything that can be refused is checked before the run directory is written.
     train_ds, val_ds = open_splits(config)
     if len(train_ds) < tc.batch_size:
-        raise ConfigError(f"train.batch_size {tc.batch_size} exceeds the {len(train_ds)} training images of {config.data.dataset}")
+        raise ConfigError(
+            f"train.batch_size {tc.batch_size} exceeds the {len(train_ds)} training images of {config.data.dataset}; "
+            f"lower train.batch_size or use a larger dataset"
+        )
     if len(val_ds) == 0:
-        raise ConfigError(f"data.dataset {config.data.dataset}: the val split is empty (with this object-count filter); nothing to evaluate on")
+        raise ConfigError(
+            f"data.dataset {config.data.dataset}: the val split is empty (with this object-count filter); "
+            f"widen data.train_n_objects or use a larger dataset"
+        )
     run = _start(config, Path(out_dir), resume)
     bar = tqdm(total=tc.steps, initial=run.start_step, desc=config.name, disable=not progress or run.rank != 0, dynamic_ncols=True)
     running: dict[str, float] = {}
@@ -149,7 +155,10 @@ def _start(config: ExperimentConfig, out: Path, resume: str | Path | None) -> _R
                 f"data.resolution={config.data.resolution}; resume at {saved_cfg.data.resolution} or start a new run"
             )
         if saved_cfg.model != config.model:
-            raise ConfigError(f"resume {resume}: its model config differs from this run's: {saved_cfg.model} vs {config.model}")
+            raise ConfigError(
+                f"resume {resume}: its model config differs from this run's ({_diff(saved_cfg, config, 'model.')}); "
+                f"resume with the checkpoint's model settings or start a new run"
+            )
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / CONFIG_FILE, config.to_dict())
@@ -248,7 +257,7 @@ def _summary(run: _Run, step: int, last: dict[str, Any] | None = None) -> dict[s
 
 def build_config(profile: str | None, config_file: str | None, overrides: list[str], steps: int | None) -> ExperimentConfig:
     if (profile is None) == (config_file is None):
-        raise ConfigError("give exactly one of --profile NAME or --config FILE")
+        raise ConfigError(f"--profile and --config: got {'both' if profile else 'neither'}; give exactly one of --profile NAME or --config FILE")
     cfg = get_profile(profile) if profile else load_config_file(config_file)
     if steps is not None:
         overrides = list(overrides) + [f"train.steps={steps}"]
@@ -298,6 +307,13 @@ def _main(argv: list[str] | None) -> int:
     print(json.dumps({"out": args.out, "step": summary["step"], "best_val_ari_fg": summary.get("best_" + BEST_METRIC),
                       **{k: v for k, v in last.items() if not isinstance(v, (dict, list))}}, sort_keys=True))
     return 0
+
+
+def _diff(saved: ExperimentConfig, config: ExperimentConfig, prefix: str) -> str:
+    """The keys under ``prefix`` whose values differ: ``model.decoder=upsample (now transpose)``."""
+    old, new = saved.flat(), config.flat()
+    keys = [k for k in old if k.startswith(prefix) and old[k] != new.get(k)]
+    return ", ".join(f"{k}={old[k]} (now {new.get(k)})" for k in keys)
 
 
 def _remove_if_unused(out: Path, new_dir: bool) -> None:

@@ -51,6 +51,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
@@ -117,7 +118,10 @@ def local_settings(
     """
     data_dir = data_dir.expanduser().resolve()
     if backend_store_uri and not backend_store_uri.startswith("sqlite:///"):
-        raise LauncherError(f"local mode serves a SQLite file, got {redact(backend_store_uri)}")
+        raise LauncherError(
+            f"--backend-store-uri {redact(backend_store_uri)}: local mode serves a SQLite file; "
+            "give sqlite:///PATH, or use --mode production for a database server"
+        )
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise LauncherError(
             f"local mode binds to loopback only (got --host {host}); use --mode production "
@@ -142,7 +146,7 @@ def write_auth_config(database_uri: str, directory: Path | None = None) -> Path:
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(AUTH_TEMPLATE)
     if not parser.has_section("mlflow"):
-        raise LauncherError(f"{AUTH_TEMPLATE} has no [mlflow] section")
+        raise LauncherError(f"{AUTH_TEMPLATE} has no [mlflow] section; restore the file from the repository")
     parser["mlflow"]["database_uri"] = database_uri
     fd, name = tempfile.mkstemp(prefix="mlflow-basic-auth-", suffix=".ini", dir=directory)
     with os.fdopen(fd, "w") as f:  # mkstemp creates the file with mode 0600
@@ -160,16 +164,22 @@ def production_settings(env: dict[str, str]) -> ServerSettings:
     if _s3_bucket(destination):
         missing += [k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not env.get(k)]
     if missing:
-        raise LauncherError("production mode needs these environment variables: " + ", ".join(missing))
+        raise LauncherError(
+            "production mode needs these environment variables: " + ", ".join(missing)
+            + "; set them (see the docstring of mlflow/serve.py and k8s/)"
+        )
     backend = env["MLFLOW_BACKEND_STORE_URI"]
     if urlsplit(backend).scheme.split("+")[0] not in ("postgresql", "mysql", "mssql", "sqlite"):
-        raise LauncherError(f"MLFLOW_BACKEND_STORE_URI must be a database URI, got {redact(backend)}")
+        raise LauncherError(
+            f"MLFLOW_BACKEND_STORE_URI {redact(backend)}: not a database URI; "
+            "give postgresql://, mysql://, mssql:// or sqlite:///"
+        )
     return ServerSettings(
         backend_store_uri=backend,
         artifacts_destination=destination,
         host=env.get("MLFLOW_HOST", "0.0.0.0"),
-        port=int(env.get("MLFLOW_PORT", "5000")),
-        workers=int(env.get("MLFLOW_WORKERS", "4")),
+        port=_env_int(env, "MLFLOW_PORT", 5000, 1, 65535),
+        workers=_env_int(env, "MLFLOW_WORKERS", 4, 1, 64),
         allowed_hosts=env["MLFLOW_ALLOWED_HOSTS"],
         cors_allowed_origins=env.get("MLFLOW_CORS_ALLOWED_ORIGINS", ""),
         app_name="basic-auth",
@@ -212,12 +222,31 @@ def mlflow_executable() -> list[str]:
         return [str(beside)]
     found = shutil.which("mlflow")
     if found is None:
-        raise LauncherError("the mlflow command is not installed in this environment")
+        raise LauncherError("the mlflow command is not installed in this environment; install it (bash scripts/setup.sh)")
     return [found]
 
 
+def _env_int(env: dict[str, str], key: str, default: int, lo: int, hi: int) -> int:
+    text = env.get(key, "") or str(default)
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not lo <= value <= hi:
+        raise LauncherError(f"{key}={text!r}: not an integer in [{lo}, {hi}]; fix it or unset it (default {default})")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse in the platform's error format (ctcae_core/cli.py): one ``error:`` line, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message}; see {self.prog} --help", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Start the MLflow tracking server (local or production).")
+    parser = _Parser(prog="mlflow/serve.py", description="Start the MLflow tracking server (local or production).")
     parser.add_argument("--mode", choices=("local", "production"),
                         default=os.environ.get("CTCAE_MLFLOW_MODE", "local"))
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("CTCAE_MLFLOW_DIR", "mlflow-data")),
@@ -255,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     except (LauncherError, OSError) as exc:
         if args.debug or os.environ.get("CTCAE_DEBUG", "") not in ("", "0"):
             raise
-        print(f"[serve.py] error: {exc}", file=sys.stderr)
+        if isinstance(exc, OSError) and exc.filename:
+            message = f"{exc.filename}: {exc.strerror or type(exc).__name__}; check the path and its permissions"
+        else:
+            message = " ".join(str(exc).split())
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

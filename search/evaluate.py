@@ -61,7 +61,7 @@ def find_checkpoint(client: Any, run_id: str, storage: str | None = None) -> tup
     if storage:
         exp_dir = str(Path(storage) / parent.data.tags.get(TAG_STUDY, Path(exp_dir).name))
     if not exp_dir or "://" in exp_dir:
-        raise EvaluateError(f"the study's results are at {exp_dir or '(unknown)'}, not a local path; pass --storage DIR or --checkpoint FILE")
+        raise EvaluateError(f"run {run_id}: the study's results are at {exp_dir or '(unknown)'}, not a local path; pass --storage DIR or --checkpoint FILE")
     root = Path(exp_dir) / "train_runs" / trial_id
     files = [p for name in MODEL_FILES for p in root.rglob(name)] if root.is_dir() else []
     if not files:
@@ -139,7 +139,7 @@ def _main(argv: list[str] | None) -> int:
     if args.checkpoint:
         ckpt = Path(args.checkpoint)
         if not ckpt.is_file():
-            raise EvaluateError(f"--checkpoint {ckpt}: no such file")
+            raise EvaluateError(f"--checkpoint {ckpt}: no such file; pass DIR/checkpoint_best.pt of a run, or --run RUN_ID")
         from ctcae_core.checkpoint import reported_step
 
         step = reported_step(ckpt)

@@ -31,7 +31,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, *, existing: bool = False
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp:
                 if resp.status != 200:
-                    raise TrackingError(f"MLflow server {redact(uri)} answered {resp.status} on /health")
+                    raise TrackingError(f"MLflow server {redact(uri)} answered {resp.status} on /health; check that the URI points at an MLflow server")
         except (urllib.error.URLError, OSError) as e:
             raise TrackingError(
                 f"MLflow tracking server {redact(uri)} is not reachable ({redact(str(e))}); start it (see mlflow/) "
@@ -40,11 +40,11 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, *, existing: bool = False
     elif uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         if not db.parent.is_dir():
-            raise TrackingError(f"tracking store {redact(uri)}: directory {db.parent} does not exist")
+            raise TrackingError(f"tracking store {redact(uri)}: directory {db.parent} does not exist; create it or fix --tracking-uri")
         if existing and not db.is_file():
             raise TrackingError(f"tracking store {redact(uri)}: no such file; pass the --tracking-uri the study ran with")
     elif uri.startswith("file:") or "://" not in uri:
-        raise TrackingError(f"tracking URI {redact(uri)!r}: the MLflow file store is deprecated; use sqlite:///PATH or a server")
+        raise TrackingError(f"tracking URI {redact(uri)!r}: a file store, which MLflow deprecated; use sqlite:///PATH or a server URL")
 
 
 def bound_http_waits(timeout_s: int = 15, retries: int = 1) -> None:

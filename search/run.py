@@ -89,13 +89,13 @@ def configure(args: argparse.Namespace) -> Study:
     search = study.search
     if args.num_samples is not None:
         if args.num_samples < 1:
-            raise StudyError(f"--num-samples: must be >= 1, got {args.num_samples}")
+            raise StudyError(f"--num-samples: got {args.num_samples}; give an integer >= 1")
         if search.algorithm == "grid" and args.num_samples > len(study.grid_points()):
-            raise StudyError(f"--num-samples: {args.num_samples} exceeds the {len(study.grid_points())} grid points")
+            raise StudyError(f"--num-samples: {args.num_samples} exceeds the {len(study.grid_points())} grid points; give at most that")
         search = replace(search, num_samples=args.num_samples)
     if args.max_concurrent is not None:
         if args.max_concurrent < 1:
-            raise StudyError(f"--max-concurrent: must be >= 1, got {args.max_concurrent}")
+            raise StudyError(f"--max-concurrent: got {args.max_concurrent}; give an integer >= 1")
         search = replace(search, max_concurrent=args.max_concurrent)
     name = args.name or study.name
     return replace(study, name=name, search=search)
@@ -163,7 +163,7 @@ def should_resume(args: argparse.Namespace, name: str, exp_path: str, optuna_url
     starts otherwise, so a re-submitted cluster job continues its study instead of failing.
     """
     if args.resume and not restorable:
-        raise StudyError(f"--resume: no study {name!r} to resume at {exp_path}")
+        raise StudyError(f"--resume: no study {name!r} to resume at {exp_path}; drop --resume to start it, or check --storage and --name")
     if args.resume or (args.resume_if_exists and restorable):
         return True
     if restorable:

@@ -72,7 +72,7 @@ from typing import Any
 import yaml
 
 from ctcae_core.config import (
-    ConfigError, ExperimentConfig, UniqueKeyLoader, get_profile, key_type, list_profiles, valid_keys,
+    ConfigError, ExperimentConfig, UniqueKeyLoader, get_profile, key_type, list_profiles, suggest,
 )
 from ctcae_core.metric_names import reported_metric_pattern, reported_metrics_help
 from search.study import (
@@ -128,7 +128,7 @@ def load_study(path: str | Path, *, smoke: bool = False) -> Study:
     try:
         text = path.read_text()
     except OSError as e:
-        raise StudyError(f"{path}: cannot read study file: {e}") from None
+        raise StudyError(f"{path}: cannot read the study file ({e.strerror or e}); give a YAML study file (ablations/*.yaml)") from None
     except UnicodeDecodeError:
         raise StudyError(f"{path}: not a text file (not UTF-8); give a YAML study file (ablations/*.yaml)") from None
     return parse_study(text, source=str(path), smoke=smoke)
@@ -139,7 +139,7 @@ def parse_study(text: str, *, source: str = "<study>", smoke: bool = False) -> S
     try:
         raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
-        raise StudyError(f"{source}: not valid YAML: {e}") from None
+        raise StudyError(f"{source}: not valid YAML ({' '.join(str(e).split())}); fix the syntax") from None
     except ConfigError as e:  # a duplicated key
         raise StudyError(f"{source}: {e}") from None
     return _Parser(source).study(raw, text, smoke)
@@ -156,7 +156,7 @@ class _Parser:
         if d is None:
             return {}
         if not isinstance(d, dict):
-            raise self.err(key, f"expected a mapping, got {type(d).__name__} {d!r}")
+            raise self.err(key, f"got {type(d).__name__} {d!r}; give a mapping (key: value lines)")
         if allowed is not None:
             unknown = sorted(set(map(str, d)) - set(allowed))
             if unknown:
@@ -166,18 +166,18 @@ class _Parser:
     def typed(self, key: str, value: Any, tp: type | tuple[type, ...], what: str) -> Any:
         tps = tp if isinstance(tp, tuple) else (tp,)
         if isinstance(value, bool) and bool not in tps:
-            raise self.err(key, f"expected {what}, got {value!r}")
+            raise self.err(key, f"got {value!r}; give {what}")
         if not isinstance(value, tps):
-            raise self.err(key, f"expected {what}, got {type(value).__name__} {value!r}")
+            raise self.err(key, f"got {type(value).__name__} {value!r}; give {what}")
         return value
 
     def config_key(self, where: str, key: Any) -> str:
         if not isinstance(key, str):
-            raise self.err(where, f"config keys are dotted strings, got {key!r}")
+            raise self.err(where, f"got key {key!r}; config keys are dotted strings such as train.lr")
         try:
             key_type(key)
-        except ConfigError:
-            raise self.err(f"{where}.{key}", f"not a field of ExperimentConfig; valid keys: {valid_keys()}") from None
+        except ConfigError as e:
+            raise self.err(f"{where}.{key}", f"not a field of ExperimentConfig ({e})") from None
         return key
 
     def feasible(self, where: str, cfg: ExperimentConfig) -> None:
@@ -201,11 +201,11 @@ class _Parser:
     def study(self, raw: Any, text: str, smoke: bool) -> Study:
         raw = self.mapping("top level", raw, TOP_LEVEL)
         if not raw:
-            raise self.err("top level", f"empty study file; sections: {list(TOP_LEVEL)}")
+            raise self.err("top level", f"empty study file; give the sections {list(TOP_LEVEL)} (at least base and space)")
         name = raw.get("name", Path(self.source).stem)
         self.typed("name", name, str, "a string")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            raise self.err("name", f"{name!r}: use letters, digits, '_', '-', '.'")
+            raise self.err("name", f"{name!r} is not a valid name; use letters, digits, '_', '-', '.'")
         description = self.typed("description", raw.get("description", ""), str, "a string")
 
         profile, overrides = self.base(raw.get("base"))
@@ -247,7 +247,7 @@ class _Parser:
             n = len(study.grid_points())
             asked = raw.get("search", {}).get("num_samples") if isinstance(raw.get("search"), dict) else None
             if asked is not None and search.num_samples > n:
-                raise self.err("search.num_samples", f"{search.num_samples} exceeds the {n} grid points")
+                raise self.err("search.num_samples", f"{search.num_samples} exceeds the {n} grid points; give at most {n}")
             num = search.num_samples if asked is not None else n
             study = replace(study, search=replace(search, num_samples=num))
         if smoke:
@@ -256,13 +256,13 @@ class _Parser:
 
     def base(self, raw: Any) -> tuple[str, dict[str, Any]]:
         if raw is None:
-            raise self.err("base", "missing; give base.profile (one of list_profiles())")
+            raise self.err("base", f"missing; give base.profile, one of {list_profiles()}")
         if isinstance(raw, str):
             raw = {"profile": raw}
         raw = self.mapping("base", raw, ("profile", "overrides"))
         profile = raw.get("profile")
         if profile not in list_profiles():
-            raise self.err("base.profile", f"unknown profile {profile!r}; valid profiles: {list_profiles()}")
+            raise self.err("base.profile", f"unknown profile {profile!r}; {suggest(str(profile), list_profiles(), 'valid profiles')}")
         overrides: dict[str, Any] = {}
         for k, v in self.mapping("base.overrides", raw.get("overrides"), None).items():
             overrides[self.config_key("base.overrides", k)] = v
@@ -280,7 +280,7 @@ class _Parser:
         deps = {k: [c.key for c in p.when if c.key in params and c.key != k] for k, p in params.items()}
         for k, p in params.items():
             if any(c.key == k for c in p.when):
-                raise self.err(f"space.{k}.when", "a parameter cannot be conditioned on itself")
+                raise self.err(f"space.{k}.when", "conditioned on itself; condition it on another key")
         ordered: list[str] = []
         state: dict[str, int] = {}
 
@@ -288,7 +288,7 @@ class _Parser:
             if state.get(k) == 2:
                 return
             if state.get(k) == 1:
-                raise self.err(f"space.{k}.when", f"circular conditions: {' -> '.join(chain + [k])}")
+                raise self.err(f"space.{k}.when", f"circular conditions: {' -> '.join(chain + [k])}; remove one of them")
             state[k] = 1
             for d in deps[k]:
                 visit(d, chain + [k])
@@ -304,7 +304,7 @@ class _Parser:
         spec = self.mapping(where, spec, DISTRIBUTIONS + ("step", "log", "when"))
         kinds = [k for k in DISTRIBUTIONS if k in spec]
         if len(kinds) != 1:
-            raise self.err(where, f"give exactly one distribution out of {list(DISTRIBUTIONS)}, got {kinds or 'none'}")
+            raise self.err(where, f"got distribution(s) {kinds or 'none'}; give exactly one of {list(DISTRIBUTIONS)}")
         kind = kinds[0]
         tp = key_type(key)
         when = self.conditions(f"{where}.when", spec.get("when"), base)
@@ -315,50 +315,50 @@ class _Parser:
         extra = sorted({"step", "log"} & set(spec))
         if kind in ("choice", "grid"):
             if extra:
-                raise self.err(where, f"{extra} not valid with {kind}")
+                raise self.err(where, f"{extra} not valid with {kind}; remove {extra}")
             values = spec[kind]
             if not isinstance(values, list) or not values:
-                raise self.err(f"{where}.{kind}", f"expected a non-empty list of values, got {values!r}")
+                raise self.err(f"{where}.{kind}", f"got {values!r}; give a non-empty list of values")
             for v in values:
                 if not (v is None or isinstance(v, (str, int, float, bool))):
-                    raise self.err(f"{where}.{kind}", f"values must be scalars (Optuna categorical), got {v!r}")
+                    raise self.err(f"{where}.{kind}", f"got {v!r}; give scalar values (Optuna categorical)")
                 cfg = self.apply(f"{where}.{kind}", base, {key: v})
                 if key in DATA_KEYS:
                     self.feasible(f"{where}.{kind}", cfg)
             if len({repr(v) for v in values}) != len(values):
-                raise self.err(f"{where}.{kind}", f"duplicate values in {values}")
+                raise self.err(f"{where}.{kind}", f"duplicate values in {values}; list each value once")
             return Param(key, kind, values=tuple(values), when=when)
 
         want = int if kind == "int" else float
         if tp is not want:
-            raise self.err(where, f"{kind} needs a {want.__name__} field, but {key} is {getattr(tp, '__name__', tp)}")
+            raise self.err(where, f"{kind} needs a {want.__name__} field, but {key} is {getattr(tp, '__name__', tp)}; use choice")
         bounds = spec[kind]
         if not isinstance(bounds, list) or len(bounds) != 2:
-            raise self.err(f"{where}.{kind}", f"expected [low, high], got {bounds!r}")
+            raise self.err(f"{where}.{kind}", f"got {bounds!r}; give [low, high]")
         num = int if kind == "int" else (int, float)
         what = "an integer" if kind == "int" else "a number"
         low, high = (self.typed(f"{where}.{kind}", b, num, what) for b in bounds)
         if not all(math.isfinite(b) for b in (low, high)):
-            raise self.err(f"{where}.{kind}", f"bounds must be finite, got {bounds}")
+            raise self.err(f"{where}.{kind}", f"got {bounds}; give finite bounds")
         if not low < high:
-            raise self.err(f"{where}.{kind}", f"empty or inverted range [{low}, {high}]: need low < high")
+            raise self.err(f"{where}.{kind}", f"empty or inverted range [{low}, {high}]; give low < high")
         if kind == "loguniform" and low <= 0:
-            raise self.err(f"{where}.{kind}", f"loguniform needs low > 0, got {low}")
+            raise self.err(f"{where}.{kind}", f"loguniform with low {low}; give low > 0")
         step = spec.get("step")
         log = spec.get("log", False)
         if kind == "loguniform" and "step" in spec:
-            raise self.err(f"{where}.step", "not valid with loguniform")
+            raise self.err(f"{where}.step", "not valid with loguniform; remove step")
         if kind != "int" and "log" in spec:
-            raise self.err(f"{where}.log", f"only valid with int (use loguniform for floats), not {kind}")
+            raise self.err(f"{where}.log", f"only valid with int, not {kind}; use loguniform for floats")
         self.typed(f"{where}.log", log, bool, "true/false")
         if step is not None:
             self.typed(f"{where}.step", step, num, what)
             if step <= 0 or step > high - low:
-                raise self.err(f"{where}.step", f"need 0 < step <= high - low ({high - low}), got {step}")
+                raise self.err(f"{where}.step", f"got {step}; give 0 < step <= high - low ({high - low})")
             if log:
-                raise self.err(f"{where}.step", "step and log cannot be combined (Optuna)")
+                raise self.err(f"{where}.step", "step and log cannot be combined (Optuna); remove one")
         if log and low <= 0:
-            raise self.err(f"{where}.{kind}", f"log needs low > 0, got {low}")
+            raise self.err(f"{where}.{kind}", f"log with low {low}; give low > 0")
         for b in (low, high):
             cfg = self.apply(f"{where}.{kind}", base, {key: b})
             if key in DATA_KEYS:
@@ -374,20 +374,20 @@ class _Parser:
                 spec = {"eq": spec}
             spec = self.mapping(f"{where}.{key}", spec, CONDITION_OPS)
             if not spec:
-                raise self.err(f"{where}.{key}", f"empty condition; ops: {list(CONDITION_OPS)}")
+                raise self.err(f"{where}.{key}", f"empty condition; give one of the ops {list(CONDITION_OPS)}")
             for op, value in spec.items():
                 if op == "in":
                     if not isinstance(value, list) or not value:
-                        raise self.err(f"{where}.{key}.in", f"expected a non-empty list, got {value!r}")
+                        raise self.err(f"{where}.{key}.in", f"got {value!r}; give a non-empty list")
                     for v in value:
                         self.apply(f"{where}.{key}.in", base, {key: v})
                     value = tuple(value)
                 elif op in ("gt", "ge", "lt", "le"):
                     if key_type(key) not in (int, float):
-                        raise self.err(f"{where}.{key}.{op}", f"{op} needs a numeric field; {key} is not")
+                        raise self.err(f"{where}.{key}.{op}", f"{key} is not numeric; use eq, ne or in")
                     self.typed(f"{where}.{key}.{op}", value, (int, float), "a number")
                     if not math.isfinite(value):
-                        raise self.err(f"{where}.{key}.{op}", f"must be a finite number, got {value!r}")
+                        raise self.err(f"{where}.{key}.{op}", f"got {value!r}; give a finite number")
                 else:
                     self.apply(f"{where}.{key}.{op}", base, {key: value})
                 out.append(Condition(key, op, value))
@@ -399,40 +399,40 @@ class _Parser:
             return Objective(("val_ari_fg",), ("max",))
         if "metrics" in raw:
             if "metric" in raw or "mode" in raw:
-                raise self.err("objective", "give either metric + mode or metrics, not both")
+                raise self.err("objective", "both metric/mode and metrics given; give either metric + mode or metrics")
             items = raw["metrics"]
             if not isinstance(items, list) or not items:
-                raise self.err("objective.metrics", f"expected a non-empty list of {{metric, mode}}, got {items!r}")
+                raise self.err("objective.metrics", f"got {items!r}; give a non-empty list of {{metric, mode}}")
             pairs = [self.metric_mode(f"objective.metrics[{i}]", it) for i, it in enumerate(items)]
         else:
             pairs = [self.metric_mode("objective", raw)]
         metrics = tuple(m for m, _ in pairs)
         if len(set(metrics)) != len(metrics):
-            raise self.err("objective.metrics", f"duplicate metrics {list(metrics)}")
+            raise self.err("objective.metrics", f"duplicate metrics {list(metrics)}; list each metric once")
         return Objective(metrics, tuple(m for _, m in pairs))
 
     def metric_mode(self, where: str, raw: Any) -> tuple[str, str]:
         raw = self.mapping(where, raw, ("metric", "mode"))
         metric = raw.get("metric")
         if not isinstance(metric, str) or not reported_metric_pattern().fullmatch(metric):
-            raise self.err(f"{where}.metric", f"{metric!r} is not a metric the training reports; valid: {reported_metrics_help()}")
+            raise self.err(f"{where}.metric", f"{metric!r} is not a metric the training reports; use one of {reported_metrics_help()}")
         mode = raw.get("mode")
         if mode not in ("min", "max"):
-            raise self.err(f"{where}.mode", f"{mode!r} is not one of ['min', 'max']")
+            raise self.err(f"{where}.mode", f"{mode!r} is not a mode; use 'min' or 'max'")
         return metric, mode
 
     def search(self, raw: Any) -> SearchSpec:
         raw = self.mapping("search", raw, ("algorithm", "num_samples", "max_concurrent", "seed"))
         algorithm = raw.get("algorithm", "tpe")
         if algorithm not in ALGORITHMS:
-            raise self.err("search.algorithm", f"{algorithm!r} is not one of {list(ALGORITHMS)}")
+            raise self.err("search.algorithm", f"{algorithm!r} is not an algorithm; use one of {list(ALGORITHMS)}")
         num = self.typed("search.num_samples", raw.get("num_samples", 8), int, "an integer")
         conc = self.typed("search.max_concurrent", raw.get("max_concurrent", 1), int, "an integer")
         seed = self.typed("search.seed", raw.get("seed", 0), int, "an integer")
         if num < 1:
-            raise self.err("search.num_samples", f"must be >= 1, got {num}")
+            raise self.err("search.num_samples", f"got {num}; give an integer >= 1")
         if conc < 1:
-            raise self.err("search.max_concurrent", f"must be >= 1, got {conc}")
+            raise self.err("search.max_concurrent", f"got {conc}; give an integer >= 1")
         return SearchSpec(algorithm, num, conc, seed)
 
     def scheduler(self, raw: Any, base: ExperimentConfig, objective: Objective, smoke: bool = False) -> SchedulerSpec:
@@ -443,11 +443,11 @@ class _Parser:
             raw.pop("grace_period", None)
         kind = raw.get("type", "none")
         if kind not in SCHEDULERS:
-            raise self.err("scheduler.type", f"{kind!r} is not one of {list(SCHEDULERS)}")
+            raise self.err("scheduler.type", f"{kind!r} is not a scheduler; use one of {list(SCHEDULERS)}")
         if kind == "none":
             extra = sorted(set(raw) - {"type"})
             if extra:
-                raise self.err("scheduler", f"{extra} given but scheduler.type is none")
+                raise self.err("scheduler", f"{extra} given but scheduler.type is none; remove them or set type: asha")
             return SchedulerSpec()
         steps, every = base.train.steps, base.train.eval_every
         max_t = self.typed("scheduler.max_t", raw.get("max_t", steps), int, "an integer (training steps)")
@@ -456,17 +456,17 @@ class _Parser:
         )
         rf = self.typed("scheduler.reduction_factor", raw.get("reduction_factor", 2), (int, float), "a number")
         if not 0 < max_t <= steps:
-            raise self.err("scheduler.max_t", f"need 0 < max_t <= train.steps ({steps}), got {max_t}")
+            raise self.err("scheduler.max_t", f"got {max_t}; give 0 < max_t <= train.steps ({steps})")
         if not 0 < grace <= max_t:
-            raise self.err("scheduler.grace_period", f"need 0 < grace_period <= max_t ({max_t}), got {grace}")
+            raise self.err("scheduler.grace_period", f"got {grace}; give 0 < grace_period <= max_t ({max_t})")
         if grace < every:
-            raise self.err("scheduler.grace_period", f"{grace} is below train.eval_every ({every}): no metric to judge by")
+            raise self.err("scheduler.grace_period", f"{grace} is below train.eval_every ({every}): no metric to judge by; raise it")
         if rf <= 1:
-            raise self.err("scheduler.reduction_factor", f"must be > 1, got {rf}")
+            raise self.err("scheduler.reduction_factor", f"got {rf}; give a number > 1")
         if "metric" in raw or "mode" in raw:
             metric, mode = self.metric_mode("scheduler", {"metric": raw.get("metric"), "mode": raw.get("mode")})
         elif objective.multi:
-            raise self.err("scheduler", f"a multi-objective study needs scheduler.metric and scheduler.mode for ASHA")
+            raise self.err("scheduler", "ASHA on a multi-objective study; give scheduler.metric and scheduler.mode")
         else:
             metric, mode = objective.metric, objective.mode
         return SchedulerSpec("asha", max_t, grace, float(rf), metric, mode)
@@ -479,9 +479,9 @@ class _Parser:
         gpus = self.typed("resources.gpus_per_worker", raw.get("gpus_per_worker", d.gpus_per_worker), (int, float), "a number")
         fails = self.typed("resources.max_failures", raw.get("max_failures", d.max_failures), int, "an integer")
         if workers < 1:
-            raise self.err("resources.workers", f"must be >= 1, got {workers}")
+            raise self.err("resources.workers", f"got {workers}; give an integer >= 1")
         if cpus < 0 or gpus < 0 or (cpus == 0 and gpus == 0):
-            raise self.err("resources", f"need cpus_per_worker >= 0 and gpus_per_worker >= 0, not both 0 (got {cpus}, {gpus})")
+            raise self.err("resources", f"cpus_per_worker {cpus}, gpus_per_worker {gpus}; give both >= 0, not both 0")
         if fails < -1:
-            raise self.err("resources.max_failures", f"must be >= -1 (-1 = unlimited), got {fails}")
+            raise self.err("resources.max_failures", f"got {fails}; give an integer >= -1 (-1 = unlimited)")
         return ResourcesSpec(workers, float(cpus), float(gpus), fails)

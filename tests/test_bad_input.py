@@ -49,8 +49,15 @@ def run_bad(main, argv: list[str], root: Path, capsys) -> str:
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert_two_part(lines[0])
     assert snapshot(root) == before, "the command changed the file system"
     return lines[0]
+
+
+def assert_two_part(line: str) -> None:
+    """``error: <what>; <what to do>``: both parts present."""
+    what, sep, todo = line[len("error: "):].rpartition("; ")
+    assert sep and what.strip() and todo.strip(), f"no '; <what to do>' part: {line}"
 
 
 # ---------------------------------------------------------------- shared inputs

@@ -220,8 +220,8 @@ def test_bad_input_errors_leave_nothing(tmp_path, tetro):
             fn()
         assert no_leftovers(out)
 
-    check(lambda: import_emorl(tmp_path / "missing.h5", name="tetrominoes", out=out), "missing.h5: file not found")
-    check(lambda: import_tfrecord(tmp_path / "missing.tfr", name="tetrominoes", out=out), "missing.tfr: file not found")
+    check(lambda: import_emorl(tmp_path / "missing.h5", name="tetrominoes", out=out), "missing.h5: no such file")
+    check(lambda: import_tfrecord(tmp_path / "missing.tfr", name="tetrominoes", out=out), "missing.tfr: no such file")
     # wrong layout: no split groups
     f = tmp_path / "flat.h5"
     with h5py.File(f, "w") as h:
@@ -278,7 +278,7 @@ def test_bad_input_errors_leave_nothing(tmp_path, tetro):
     write_records(nomask, [encode_example({"image": imgs[0]})])
     check(lambda: import_tfrecord(nomask, name="tetrominoes", out=out, n_test=0), "record 0: no feature 'mask'")
     check(lambda: import_tfrecord(rec, name="cifar", out=out), "--name 'cifar'")
-    check(lambda: import_tfrecord(rec, name="tetrominoes", out=out, n_test=10), "10 records, expected more than n_test=10")
+    check(lambda: import_tfrecord(rec, name="tetrominoes", out=out, n_test=10), "10 records, not more than n_test=10")
     # an existing output is never clobbered by accident
     out.mkdir()
     (out / "keep.txt").write_text("x")
@@ -301,7 +301,7 @@ def test_cli_import_and_info(tmp_path, tetro):
     assert info["resolution"] == [35, 35] and info["provenance"]["format"] == "tfrecord"
     assert "per object count" in r.stderr
     r = run("import-emorl", str(tmp_path / "nope.h5"), "--name", "tetrominoes", "--out", str(tmp_path / "e"))
-    assert r.returncode == 2 and "nope.h5: file not found" in json.loads(r.stdout.strip().splitlines()[-1])["error"]
+    assert r.returncode == 2 and "nope.h5: no such file" in json.loads(r.stdout.strip().splitlines()[-1])["error"]
     r = run("generate", "multi_dsprites", "--n", "40", "--n-test", "5", "--out", str(tmp_path / "g"), "--n-objects", "4", "6")
     assert r.returncode == 0, r.stderr
     g = json.loads(r.stdout.strip().splitlines()[-1])

@@ -176,7 +176,10 @@ def resolve_spec(
             f"`python -m ctcae_core.data import-emorl|import-tfrecord FILE --name clevr6 --out DIR` and pass DIR "
             f"(or use the generated 'clevr_like')"
         )
-    raise DatasetError(f"dataset {s!r}: not a generated dataset name {list(GENERATED_NAMES)} nor an existing directory")
+    raise DatasetError(
+        f"dataset {s!r}: not a generated dataset name nor an existing directory; "
+        f"use one of {list(GENERATED_NAMES)} or a directory written by ctcae_core.data"
+    )
 
 
 def _generated(s: str) -> tuple[str, tuple[int, int] | None] | None:
@@ -201,7 +204,7 @@ def check_data(data: "DataConfig", batch_size: int | None = None) -> None:
         mod = generator_module(name)
         lo, hi = rng or mod.DEFAULT_OBJECTS
         if not 1 <= lo <= hi <= mod.MAX_OBJECTS:
-            raise DatasetError(f"data.dataset {s!r}: object-count range needs 1 <= lo <= hi <= {mod.MAX_OBJECTS}")
+            raise DatasetError(f"data.dataset {s!r}: object-count range {lo}-{hi}; need 1 <= lo <= hi <= {mod.MAX_OBJECTS}")
         n_train = data.n_train - n_val_for(data.n_train)
     else:
         directory = resolve_spec(s)  # a directory, or the DatasetError that says what is wrong
@@ -242,7 +245,7 @@ def open_dataset(
     else:
         size = (int(resolution[0]), int(resolution[1]))
     if size[0] <= 0 or size[1] <= 0:
-        raise DatasetError(f"resolution {resolution!r}: expected a positive size")
+        raise DatasetError(f"resolution {resolution!r}: not a size; give a positive number of pixels")
     return MultiObjectDataset(
         resize_images(images, size),
         resize_labels(labels, size),

@@ -59,10 +59,10 @@ def masks_to_labels(
     than one object mask get -1; pixels covered only by the background mask get 0.
     """
     if masks.dtype != np.uint8:
-        raise DatasetError(f"{source}: key '{key}': expected uint8 masks with values 0/255, got dtype {masks.dtype}")
+        raise DatasetError(f"{source}: key '{key}': expected uint8 masks with values 0/255, got dtype {masks.dtype}; give EMORL-format masks")
     vals = np.unique(masks)
     if not np.isin(vals, [0, 255]).all():
-        raise DatasetError(f"{source}: key '{key}': expected mask values 0/255, found {vals[:8].tolist()}")
+        raise DatasetError(f"{source}: key '{key}': expected mask values 0/255, found {vals[:8].tolist()}; give EMORL-format masks")
     on = masks > 0  # (n, K, h, w)
     uncovered = ~on.any(axis=1)  # (n, h, w)
     if uncovered.any():
@@ -191,11 +191,11 @@ def import_emorl(
 
     file = Path(file)
     if not file.is_file():
-        raise DatasetError(f"{file}: file not found")
+        raise DatasetError(f"{file}: no such file; check the path of the h5 file")
     try:
         h5 = h5py.File(file, "r")
     except OSError as exc:
-        raise DatasetError(f"{file}: not a readable HDF5 file ({exc})") from exc
+        raise DatasetError(f"{file}: not a readable HDF5 file ({exc}); give an EMORL .h5 file (or use import-tfrecord)") from exc
     with h5:
         groups = {}
         for g in h5.keys():
@@ -205,7 +205,7 @@ def import_emorl(
         if "train" not in groups and "test" not in groups:
             raise DatasetError(
                 f"{file}: expected groups 'train' and/or 'test' (optionally 'val'), each with 'imgs' and 'masks'; "
-                f"found keys {sorted(h5.keys())}"
+                f"found keys {sorted(h5.keys())}; give an EMORL h5 file"
             )
         shapes = {}
         for split, g in groups.items():
@@ -217,19 +217,19 @@ def import_emorl(
                     )
             imgs, masks = h5[g]["imgs"], h5[g]["masks"]
             if imgs.ndim != 4 or imgs.shape[-1] != 3 or imgs.dtype != np.uint8:
-                raise DatasetError(f"{file}: key '{g}/imgs': expected uint8 (N, H, W, 3), got {imgs.dtype} {imgs.shape}")
+                raise DatasetError(f"{file}: key '{g}/imgs': expected uint8 (N, H, W, 3), got {imgs.dtype} {imgs.shape}; give an EMORL h5 file")
             mshape = masks.shape
             if masks.ndim == 5 and mshape[-1] == 1:
                 mshape = mshape[:-1]
             if len(mshape) != 4 or mshape[0] != imgs.shape[0] or tuple(mshape[2:]) != tuple(imgs.shape[1:3]) or mshape[1] < 2:
                 raise DatasetError(
                     f"{file}: key '{g}/masks': expected (N, K, H, W, 1) = ({imgs.shape[0]}, K>=2, "
-                    f"{imgs.shape[1]}, {imgs.shape[2]}, 1) to match '{g}/imgs' {imgs.shape}, got {masks.shape}"
+                    f"{imgs.shape[1]}, {imgs.shape[2]}, 1) to match '{g}/imgs' {imgs.shape}, got {masks.shape}; give an EMORL h5 file"
                 )
             shapes[split] = imgs.shape
         hw = {tuple(s[1:3]) for s in shapes.values()}
         if len(hw) != 1:
-            raise DatasetError(f"{file}: splits have different image sizes {sorted(hw)}; expected one size")
+            raise DatasetError(f"{file}: splits have different image sizes {sorted(hw)}; give a file whose splits share one image size")
         h, w = hw.pop()
         with staging_dir(Path(out), overwrite=overwrite) as tmp:
             writers = {s: _SplitWriter(tmp, s) for s in SPLITS}
@@ -272,17 +272,17 @@ def _decode_record(data: bytes, layout: tuple[int, int, int, str], file: Path, i
     try:
         ex = parse_example(data)
     except (ValueError, IndexError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{file}: record {i}: not a tf.train.Example ({exc})") from exc
+        raise DatasetError(f"{file}: record {i}: not a tf.train.Example ({exc}); give a multi_object_datasets TFRecord file") from exc
     for key in ("image", "mask"):
         if key not in ex:
-            raise DatasetError(f"{file}: record {i}: no feature '{key}'; found {sorted(ex)}")
+            raise DatasetError(f"{file}: record {i}: no feature '{key}' (found {sorted(ex)}); check --name: it sets the record layout")
     img, mask = ex["image"], ex["mask"]
     if img.dtype != np.uint8 or img.size != h * w * 3:
-        raise DatasetError(f"{file}: record {i}: feature 'image': expected {h}x{w}x3 = {h * w * 3} bytes, got {img.size}")
+        raise DatasetError(f"{file}: record {i}: feature 'image': expected {h}x{w}x3 = {h * w * 3} bytes, got {img.size}; check --name: it sets the record layout")
     if mask.dtype != np.uint8 or mask.size != k * h * w:
         raise DatasetError(
             f"{file}: record {i}: feature 'mask': expected {k}x{h}x{w}x1 = {k * h * w} bytes "
-            f"(K={k} entities for this dataset), got {mask.size}"
+            f"(K={k} entities for this dataset), got {mask.size}; check --name: it sets the record layout"
         )
     img = img.reshape(h, w, 3)
     mask = mask.reshape(k, h, w) if order == "khw" else mask.reshape(h, w, k).transpose(2, 0, 1)
@@ -307,7 +307,7 @@ def import_tfrecord(
     """
     file = Path(file)
     if name not in TFRECORD_LAYOUTS:
-        raise DatasetError(f"--name {name!r}: expected one of {sorted(TFRECORD_LAYOUTS)} (sets the record layout)")
+        raise DatasetError(f"--name {name!r}: not a known record layout; use one of {sorted(TFRECORD_LAYOUTS)}")
     layout = TFRECORD_LAYOUTS[name]
     try:
         total = sum(1 for _ in read_records(file, verify=False))  # CRCs are checked in the import pass
@@ -316,7 +316,7 @@ def import_tfrecord(
     if limit is not None:
         total = min(total, int(limit))
     if total <= n_test:
-        raise DatasetError(f"{file}: {total} records, expected more than n_test={n_test} (test split) to leave a train split")
+        raise DatasetError(f"{file}: {total} records, not more than n_test={n_test} (the test split); lower --n-test or raise --limit")
     n_train = total - n_test
     n_val = n_val_for(n_train)
     h, w = layout[:2]

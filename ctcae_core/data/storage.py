@@ -222,20 +222,22 @@ def read_manifest(directory: Path) -> dict:
     """The manifest of a complete dataset directory, or a DatasetError saying why not."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise DatasetError(f"{directory}: not a dataset directory (does not exist)")
+        if directory.exists():
+            raise DatasetError(f"{directory}: is a file, not a dataset directory; pass the directory written by ctcae_core.data")
+        raise DatasetError(f"{directory}: no such dataset directory; check the path, or create it with ctcae_core.data generate/import-*")
     path = directory / MANIFEST
     if not path.exists():
         shards = sorted(p.name for p in directory.glob("*.parquet"))
         raise DatasetError(
             f"{directory}: incomplete dataset, no {MANIFEST} "
-            f"({len(shards)} finished shards; generation or import was interrupted - rerun it)"
+            f"({len(shards)} finished shards: generation or import was interrupted); rerun that command"
         )
     try:
         m = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
+        raise DatasetError(f"{path}: not valid JSON ({exc}); regenerate the dataset directory") from exc
     if m.get("format") != FORMAT:
-        raise DatasetError(f"{path}: key 'format' is {m.get('format')!r}, expected {FORMAT!r}")
+        raise DatasetError(f"{path}: key 'format' is {m.get('format')!r}, not {FORMAT!r}; pass a directory written by ctcae_core.data")
     return m
 
 
@@ -307,7 +309,7 @@ def generator_module(name: str):
 
     registry = {m.NAME: m for m in (tetrominoes, dsprites, clevr_like)}
     if name not in registry:
-        raise DatasetError(f"unknown generated dataset {name!r}; known: {sorted(registry)}")
+        raise DatasetError(f"unknown generated dataset {name!r}; use one of {sorted(registry)}")
     return registry[name]
 
 
@@ -338,9 +340,9 @@ def generate_dataset(
     rng_objects = tuple(int(v) for v in (n_objects or mod.DEFAULT_OBJECTS))
     lo, hi = rng_objects
     if not 1 <= lo <= hi <= mod.MAX_OBJECTS:
-        raise DatasetError(f"n_objects ({lo}, {hi}): {name} needs 1 <= MIN <= MAX <= {mod.MAX_OBJECTS}")
+        raise DatasetError(f"n_objects ({lo}, {hi}): out of range for {name}; give 1 <= MIN <= MAX <= {mod.MAX_OBJECTS}")
     if n_train < 2 or n_test < 1:
-        raise DatasetError(f"{name}: n_train={n_train}, n_test={n_test}; need n_train >= 2 (train + val) and n_test >= 1")
+        raise DatasetError(f"{name}: n_train={n_train}, n_test={n_test}; give n_train >= 2 (train + val) and n_test >= 1")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = {
@@ -521,7 +523,7 @@ def parse_n_objects(spec: object) -> pc.Expression | None:
     if spec is None:
         return None
     if isinstance(spec, (bool, np.bool_)):
-        raise DatasetError(f"n_objects filter: expected int, sequence of ints or string, got {spec!r}")
+        raise DatasetError(f"n_objects filter {spec!r}: a boolean; give an int, a list of ints or a string like '<=4'")
     if isinstance(spec, (int, np.integer)):
         return field == int(spec)
     if isinstance(spec, (list, tuple, set, frozenset, np.ndarray)):
@@ -547,7 +549,7 @@ def parse_n_objects(spec: object) -> pc.Expression | None:
         except ValueError:
             pass
     raise DatasetError(
-        f"n_objects filter {spec!r}: expected an int, a list of ints or a string like '<=4', '>=5', '5', '5,6', '1-4'"
+        f"n_objects filter {spec!r}: not understood; give an int, a list of ints or a string like '<=4', '>=5', '5', '5,6', '1-4'"
     )
 
 
@@ -557,7 +559,7 @@ def read_split(
     """Decode one split: images (n, h, w, 3) uint8, labels (n, h, w) int8,
     n_objects (n,) int64, index (n,) int64, manifest."""
     if split not in SPLITS:
-        raise DatasetError(f"split {split!r}: expected one of {list(SPLITS)}")
+        raise DatasetError(f"split {split!r}: not a split; use one of {list(SPLITS)}")
     directory = Path(directory)
     m = read_manifest(directory)
     files = [directory / f for f in m["splits"].get(split, {}).get("shards", [])]

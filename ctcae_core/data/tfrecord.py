@@ -161,7 +161,7 @@ def read_records(path: str | Path, verify: bool = True) -> Iterator[bytes]:
     """Yield the payload of every record, verifying lengths and (if `verify`) CRCs."""
     path = Path(path)
     if not path.is_file():
-        raise TFRecordError(f"{path}: file not found")
+        raise TFRecordError(f"{path}: no such file; check the path of the TFRecord file")
     i = 0
     try:
         with _open(path) as fh:
@@ -170,7 +170,7 @@ def read_records(path: str | Path, verify: bool = True) -> Iterator[bytes]:
                 if not head:
                     return
                 if len(head) < 12:
-                    raise TFRecordError(f"{path}: record {i}: truncated header ({len(head)} of 12 bytes)")
+                    raise TFRecordError(f"{path}: record {i}: truncated header ({len(head)} of 12 bytes); the file is incomplete: download it again")
                 (length,) = struct.unpack("<Q", head[:8])
                 (len_crc,) = struct.unpack("<I", head[8:])
                 # Checked even without `verify`: a length read from a file that is not a TFRecord
@@ -178,22 +178,22 @@ def read_records(path: str | Path, verify: bool = True) -> Iterator[bytes]:
                 if masked_crc(head[:8]) != len_crc or length > MAX_RECORD_BYTES:
                     raise TFRecordError(
                         f"{path}: record {i}: bad record header (length CRC mismatch or {length} bytes); "
-                        f"the file is corrupt or not a TFRecord"
+                        f"the file is corrupt or not a TFRecord: check the path, or download it again"
                     )
                 data = fh.read(length)
                 if len(data) < length:
-                    raise TFRecordError(f"{path}: record {i}: truncated data ({len(data)} of {length} bytes)")
+                    raise TFRecordError(f"{path}: record {i}: truncated data ({len(data)} of {length} bytes); the file is incomplete: download it again")
                 foot = fh.read(4)
                 if len(foot) < 4:
-                    raise TFRecordError(f"{path}: record {i}: truncated data CRC")
+                    raise TFRecordError(f"{path}: record {i}: truncated data CRC; the file is incomplete: download it again")
                 if verify and masked_crc(data) != struct.unpack("<I", foot)[0]:
-                    raise TFRecordError(f"{path}: record {i}: data CRC mismatch (corrupt file)")
+                    raise TFRecordError(f"{path}: record {i}: data CRC mismatch; the file is corrupt: download it again")
                 yield data
                 i += 1
     except (EOFError, OSError, zlib.error) as exc:
         if isinstance(exc, TFRecordError):
             raise
-        raise TFRecordError(f"{path}: record {i}: unreadable GZIP stream ({exc}); the file is truncated or corrupt") from exc
+        raise TFRecordError(f"{path}: record {i}: unreadable GZIP stream ({exc}); the file is truncated or corrupt: download it again") from exc
 
 
 def write_records(path: str | Path, records: list[bytes] | Iterator[bytes], compress: bool = True) -> None:

@@ -49,7 +49,7 @@ def find_parent(client: Any, study: str, parent_run: str | None = None) -> Any:
         return client.get_run(parent_run)
     exp_ids = [e.experiment_id for e in client.search_experiments()]
     if not exp_ids:
-        raise ReportError("the tracking store has no experiments")
+        raise ReportError("the tracking store has no experiments; pass the --tracking-uri the study ran with")
     runs = _search_all(client, exp_ids, f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_KIND}` = 'study'")
     if not runs:
         raise ReportError(f"no parent run with tag {TAG_STUDY}={study!r} in any experiment; run the study first "
