@@ -2,7 +2,7 @@
 
 The definitions are in docs/model.md; the names the numbers travel under in ctcae_core/metric_names.py.
 
-``python -m ctcae_core.evaluate --checkpoint FILE --dataset SPEC [--n-objects 5 6]``
+``python -m ctcae_core.evaluate --checkpoint FILE --dataset SPEC [--n-objects 5 6] [--pictures DIR]``
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from ctcae_core.checkpoint import load_checkpoint, resolve_device
 from ctcae_core.cli import run_main
 from ctcae_core.data import open_split
 from ctcae_core.data.storage import DatasetError
-from ctcae_core.metrics import MetricAccumulator, evaluate_batch
+from ctcae_core.metrics import MetricAccumulator, cluster_phases, count_label_clusters, evaluate_batch
 
 Tensor = torch.Tensor
 
@@ -114,6 +114,52 @@ def evaluate_checkpoint(
     return result
 
 
+PICTURES = ("phase_maps", "segmentation", "panel")  # the files write_pictures writes, in this order
+
+
+def write_pictures(
+    model: torch.nn.Module,
+    dataset: Any,
+    out: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    step: int | None = None,
+    n: int = 8,
+) -> list[Path]:
+    """Phase maps, segmentations and the summary panel of the first ``n`` images of ``dataset``.
+
+    Writes ``phase_maps.png``, ``segmentation.png`` and ``panel.png`` into ``out`` (with
+    ``_step<step>`` before ``.png`` when ``step`` is given); returns their paths in PICTURES
+    order. The k-means of the predicted segmentation is seeded with ``seed``.
+    """
+    from ctcae_core import viz
+
+    if len(dataset) == 0:
+        raise DatasetError("no image to draw: the split is empty; choose another split or object count")
+    device = torch.device(device)
+    net = _unwrap(model)
+    was_training = net.training
+    net.eval()
+    batch = dataset.get_batch(torch.arange(min(n, len(dataset))))
+    images = batch["image"].to(device)  # (b, c, h, w)
+    labels = batch["labels"]  # (b, h, w)
+    with torch.inference_mode():
+        o = net(images)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        pred = cluster_phases(o.out_magnitude, o.out_phase, count_label_clusters(labels.to(device)), generator=gen)
+    net.train(was_training)
+    cpu = lambda t: t.detach().cpu()  # noqa: E731
+    mag, phase = cpu(o.out_magnitude), cpu(o.out_phase)
+    out = Path(out)
+    name = {k: out / (f"{k}_step{step}.png" if step is not None else f"{k}.png") for k in PICTURES}
+    return [
+        viz.save_phase_maps(name["phase_maps"], mag, phase, max_images=n),
+        viz.save_segmentation(name["segmentation"], labels, cpu(pred), max_images=n),
+        viz.save_panel(name["panel"], cpu(images), cpu(o.recon), mag, phase, labels, cpu(pred), max_images=n),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command; an expected failure is one ``error:`` line and exit code 2 (ctcae_core/cli.py)."""
     return run_main(_main, argv)
@@ -131,11 +177,21 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--batch-size", type=cli.count(1), default=64)
     parser.add_argument("--max-images", type=cli.count(1), default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--pictures", metavar="DIR", default=None,
+                        help="also write phase_maps.png, segmentation.png and panel.png of the first 8 images here")
     args = parser.parse_args(argv)
+    if args.pictures is not None and Path(args.pictures).exists() and not Path(args.pictures).is_dir():
+        raise cli.UserError(f"--pictures {args.pictures}: is a file, not a directory; choose another --pictures")
     result = evaluate_checkpoint(
         args.checkpoint, args.dataset, n_objects=args.n_objects, split=args.split,
         batch_size=args.batch_size, device=args.device, max_images=args.max_images,
     )
+    if args.pictures is not None:
+        model, cfg, _ = load_checkpoint(args.checkpoint)
+        dev = resolve_device(args.device)
+        ds = open_split(cfg.data, args.split, list(args.n_objects) or None, dataset=args.dataset or cfg.data.dataset)
+        paths = write_pictures(model.to(dev), ds, args.pictures, device=dev)
+        result["pictures"] = [str(p) for p in paths]
     print(json.dumps(cli.json_safe(result), sort_keys=True, allow_nan=False))
     return 0
 

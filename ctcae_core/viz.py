@@ -9,6 +9,7 @@ atomically (temporary file in the same folder, then rename) and return its path.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -16,10 +17,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "PALETTE",
+    "PANEL_ROWS",
     "phase_map_rgb",
     "segmentation_rgb",
     "match_labels",
@@ -40,6 +42,8 @@ PALETTE = np.array(
     ],
     dtype=np.uint8,
 )
+#: The rows of :func:`save_panel`, top to bottom, as its legend writes them.
+PANEL_ROWS = ("input", "reconstruction", "phase", "true seg.", "predicted seg.")
 BACKGROUND_RGB = np.array([0, 0, 0], dtype=np.uint8)
 OVERLAP_RGB = np.array([128, 128, 128], dtype=np.uint8)
 
@@ -157,17 +161,37 @@ def _image_rgb(images: ArrayLike) -> np.ndarray:
     return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _grid(rows: Sequence[np.ndarray], scale: int, pad: int = 2) -> np.ndarray:
-    """Tile rows of (b, h, w, 3) uint8 tiles into one (H, W, 3) picture, upscaled by ``scale``."""
+def _font(height: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=height)
+    except (TypeError, ImportError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _grid(rows: Sequence[np.ndarray], scale: int, pad: int = 2, labels: Sequence[str] = ()) -> np.ndarray:
+    """Tile rows of (b, h, w, 3) uint8 tiles into one (H, W, 3) picture, upscaled by ``scale``.
+
+    ``labels`` (one per row) are written in black in a white column left of the tiles: the legend
+    that tells the rows apart when the picture is viewed alone (an MLflow image grid, a report).
+    """
     n_rows, n_cols = len(rows), rows[0].shape[0]
     h, w = rows[0].shape[1] * scale, rows[0].shape[2] * scale
-    canvas = np.full((n_rows * (h + pad) + pad, n_cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    font = _font(max(10, min(16, h // 5)))
+    text_w = max((int(math.ceil(font.getlength(t))) for t in labels), default=0)
+    left = text_w + 3 * pad if labels else 0
+    canvas = np.full((n_rows * (h + pad) + pad, left + n_cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
     for r, tiles in enumerate(rows):
         for c in range(n_cols):
             tile = tiles[c].repeat(scale, axis=0).repeat(scale, axis=1)
-            y0, x0 = pad + r * (h + pad), pad + c * (w + pad)
+            y0, x0 = pad + r * (h + pad), left + pad + c * (w + pad)
             canvas[y0:y0 + h, x0:x0 + w] = tile
-    return canvas
+    if not labels:
+        return canvas
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    for r, text in enumerate(labels):
+        draw.text((pad, pad + r * (h + pad) + h // 2), text, fill=(0, 0, 0), font=font, anchor="lm")
+    return np.asarray(picture)
 
 
 def _save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
@@ -198,7 +222,8 @@ def save_panel(
     scale: int = 4,
 ) -> Path:
     """One PNG grid, a column per image, rows: input / reconstruction / phase map / true
-    segmentation / predicted segmentation (predicted segments recoloured to match the truth).
+    segmentation / predicted segmentation (predicted segments recoloured to match the truth),
+    each row named in a legend column on the left (:data:`PANEL_ROWS`).
 
     Args:
         images, recon: (b, c, h, w) in [0, 1]; magnitude, phase: (b, c', h, w);
@@ -219,7 +244,7 @@ def save_panel(
         segmentation_rgb(true),
         segmentation_rgb(pred_matched),
     ]
-    return _save_png(path, _grid(rows, scale))
+    return _save_png(path, _grid(rows, scale, labels=PANEL_ROWS))
 
 
 def save_phase_maps(
@@ -227,7 +252,7 @@ def save_phase_maps(
 ) -> Path:
     """One PNG row of phase maps (see :func:`phase_map_rgb`). magnitude, phase: (b, c, h, w)."""
     m = min(int(_np(phase).shape[0]), max_images)
-    return _save_png(path, _grid([phase_map_rgb(_np(magnitude)[:m], _np(phase)[:m])], scale))
+    return _save_png(path, _grid([phase_map_rgb(_np(magnitude)[:m], _np(phase)[:m])], scale, labels=PANEL_ROWS[2:3]))
 
 
 def save_segmentation(
@@ -245,4 +270,4 @@ def save_segmentation(
     if labels_pred is not None:
         pred = _np(labels_pred)[:m]
         rows.append(segmentation_rgb(np.stack([match_labels(pred[i], true[i]) for i in range(m)])))
-    return _save_png(path, _grid(rows, scale))
+    return _save_png(path, _grid(rows, scale, labels=PANEL_ROWS[3 : 3 + len(rows)]))

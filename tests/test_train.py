@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from ctcae_core.checkpoint import load_checkpoint
 from ctcae_core.config import get_profile
@@ -82,12 +83,23 @@ def test_train_and_evaluate_command_lines(tiny, tmp_path):
     assert res.returncode == 0, res.stderr
     last = json.loads(res.stdout.strip().splitlines()[-1])
     assert last["step"] == 10 and (out / "checkpoint_best.pt").is_file()
+    pictures = tmp_path / "pictures"
     res = subprocess.run([sys.executable, "-m", "ctcae_core.evaluate", "--checkpoint", str(out / "checkpoint_best.pt"),
-                          "--n-objects", "3"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          "--n-objects", "3", "--pictures", str(pictures)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout.strip().splitlines()[-1])
     assert result["n_images"] == 32 and result["count_n3"] == 32 and -1 <= result["ari_fg"] <= 1
     assert result["by_n_objects"]["3"]["n_images"] == 32
+    # --pictures: the three panels of the first 8 test images (32 px tiles upscaled 4x, a legend column)
+    names = ["phase_maps.png", "segmentation.png", "panel.png"]
+    assert [Path(p).name for p in result["pictures"]] == names and sorted(p.name for p in pictures.iterdir()) == sorted(names)
+    with Image.open(pictures / "panel.png") as im:
+        assert im.height == 5 * (32 * 4 + 2) + 2 and im.width > 8 * (32 * 4 + 2) + 2
+    with Image.open(pictures / "segmentation.png") as im:
+        assert im.height == 2 * (32 * 4 + 2) + 2  # true and predicted
+    not_dir = subprocess.run([sys.executable, "-m", "ctcae_core.evaluate", "--checkpoint", str(out / "checkpoint_best.pt"),
+                              "--pictures", str(pictures / "panel.png")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert not_dir.returncode == 2 and "--pictures" in not_dir.stderr and "Traceback" not in not_dir.stderr
     bad = subprocess.run([sys.executable, "-m", "ctcae_core.train", "--profile", "tiny", "--set", "model.decodr=x",
                           "--out", str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "model.decodr" in bad.stderr and "decoder" in bad.stderr

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ctcae_core.viz import (
+    PANEL_ROWS,
     OVERLAP_RGB,
     PALETTE,
     match_labels,
@@ -85,14 +86,20 @@ def test_save_panel_png(tmp_path: Path) -> None:
         assert im.format == "PNG" and im.mode == "RGB"
         arr = np.asarray(im)
     pad, tile = 2, 8 * 3
-    assert arr.shape == (5 * (tile + pad) + pad, 2 * (tile + pad) + pad, 3)
+    left = arr.shape[1] - (2 * (tile + pad) + pad)  # the legend column
+    assert arr.shape[0] == 5 * (tile + pad) + pad and left > 20
+    # the legend: dark text in every row's band of the left column, nothing else there
+    for r in range(5):
+        band = arr[pad + r * (tile + pad) : (r + 1) * (tile + pad), :left]
+        assert (band.min(axis=2) < 100).sum() > 5, f"row {r} ({PANEL_ROWS[r]}) has no label"
     # first tile of the first row is the first input image, upscaled
-    first = arr[pad : pad + tile, pad : pad + tile]
+    x0 = left + pad
+    first = arr[pad : pad + tile, x0 : x0 + tile]
     expected = np.round(images[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8).repeat(3, 0).repeat(3, 1)
     np.testing.assert_array_equal(first, expected)
     # 4th row is the true segmentation
     y0 = pad + 3 * (tile + pad)
-    np.testing.assert_array_equal(arr[y0 : y0 + tile : 3, pad : pad + tile : 3], segmentation_rgb(labels[0]))
+    np.testing.assert_array_equal(arr[y0 : y0 + tile : 3, x0 : x0 + tile : 3], segmentation_rgb(labels[0]))
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["panel.png"]  # no temp file left
 
 
@@ -101,15 +108,17 @@ def test_save_phase_maps_and_segmentation(tmp_path: Path) -> None:
     p1 = save_phase_maps(tmp_path / "phase.png", mag, phase, scale=1)
     p2 = save_segmentation(tmp_path / "seg.png", labels, pred, scale=1)
     p3 = save_segmentation(tmp_path / "seg_true.png", labels, scale=1)
+    tiles = 8 * (8 + 2) + 2  # max_images = 8 columns
     with Image.open(p1) as a, Image.open(p2) as b, Image.open(p3) as c:
-        assert a.size == (8 * (8 + 2) + 2, 8 + 4)  # max_images = 8 columns, one row
-        assert b.size == (8 * (8 + 2) + 2, 2 * (8 + 2) + 2)
-        assert c.size == (8 * (8 + 2) + 2, 8 + 4)
-        np.testing.assert_array_equal(np.asarray(a)[2:10, 2:10], phase_map_rgb(mag[0], phase[0]))
+        left = a.size[0] - tiles  # the legend column ("phase")
+        assert left > 10 and a.size[1] == 8 + 4  # one row
+        assert b.size[1] == 2 * (8 + 2) + 2 and b.size[0] > tiles
+        assert c.size[1] == 8 + 4 and c.size[0] > tiles
+        np.testing.assert_array_equal(np.asarray(a)[2:10, left + 2 : left + 10], phase_map_rgb(mag[0], phase[0]))
     # overwriting an existing file works and stays readable
     save_phase_maps(p1, mag, phase, max_images=2, scale=1)
     with Image.open(p1) as a:
-        assert a.size == (2 * (8 + 2) + 2, 8 + 4)
+        assert a.size == (left + 2 * (8 + 2) + 2, 8 + 4)
     # grayscale images in a panel
     save_panel(tmp_path / "gray.png", images, recon, mag, phase, labels, pred)
     with Image.open(tmp_path / "gray.png") as im:
