@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# Debian's chromium and its chromedriver for the MLflow UI test (tests/test_mlflow_ui.py), as root
+# only; without them that test skips and says why. CTCAE_NO_BROWSER=1 leaves them out.
+if [ "${CTCAE_NO_BROWSER:-0}" != 1 ] && ! command -v chromedriver >/dev/null && [ "$(id -u)" = 0 ] \
+    && command -v apt-get >/dev/null; then
+  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }) \
+    || echo "setup: chromium / chromium-driver not installed; tests/test_mlflow_ui.py will skip"
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "torch==2.13.0"

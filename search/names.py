@@ -15,6 +15,10 @@ from pathlib import Path
 # --- MLflow tags (search/tracking.py writes them; search/report.py and search/evaluate.py read them)
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: a trial's run -> the study's parent run
 TAG_GIT_COMMIT_MLFLOW = "mlflow.source.git.commit"
+TAG_SOURCE_NAME = "mlflow.source.name"  # MLflow's own: the UI's "Source" column (parent and trials)
+TAG_SOURCE_TYPE = "mlflow.source.type"
+TAG_USER = "mlflow.user"  # MLflow's own: the UI's "Created by" column (parent and trials)
+TAG_SEARCH_PREFIX = "search."  # child: search.<short key> = the trial's value, one tag per searched key and the seed
 TAG_KIND = "ctcae.kind"  # "study" (parent run) | "trial" (child run)
 TAG_STUDY = "ctcae.study"  # parent: the study name
 TAG_STUDY_PATH = "ctcae.study_path"  # parent: the Ray experiment path, to find the run again on resume
@@ -27,6 +31,16 @@ TAG_OPTUNA = "ctcae.optuna_storage"  # parent: the Optuna storage URL (password 
 TAG_GIT_COMMIT = "ctcae.git_commit"  # parent
 TAG_RAY_ADDRESS = "ctcae.ray_address"  # parent
 TAG_SMOKE_TEST = "ctcae.smoke_test"  # parent: "True" for --smoke-test studies
+TAG_SUMMARY_PREFIX = "ctcae.summary."  # parent: the study's figures (wall time, trial counts) as tags, off the charts
+
+# --- the config keys every trial logs as MLflow params, besides its searched (and active) keys;
+# search/reporting reads them back (seeds, dataset, the architecture toggles that name a model)
+SEED_KEYS = ("train.seed", "data.data_seed")
+DATASET_KEY = "data.dataset"
+TRAIN_FILTER_KEY = "data.train_n_objects"
+ARCH_KEYS = ("model.decoder", "model.out_conv", "model.out_sigmoid", "contrastive.weight")
+KEY_PARAMS = (*ARCH_KEYS, *SEED_KEYS, DATASET_KEY, TRAIN_FILTER_KEY, "data.test_n_objects", "data.resolution",
+              "train.steps", "train.batch_size", "train.lr")
 
 # --- keys of the results a trial reports to Tune (besides the metrics)
 FINAL_KEY = "test_done"  # 1 in the last result of a trial whose test evaluation ran

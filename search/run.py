@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 from ctcae_core.cli import ArgumentParser, count, run_main
 from search.names import (
     TAG_GIT_COMMIT,
-    TAG_GIT_COMMIT_MLFLOW,
+    TAG_SUMMARY_PREFIX,
     TAG_OPTUNA,
     TAG_RAY_ADDRESS,
     TAG_SMOKE_TEST,
@@ -199,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
     """Run (or resume) the study of ``args.space``; returns the exit code."""
     t_start = time.time()
     study = configure(args)
+    check_local_resources(args, study)
     uri = args.tracking_uri or default_tracking_uri()
     check_tracking_uri(uri)
     paths = study_paths(args, study)
@@ -213,6 +214,28 @@ def run(args: argparse.Namespace) -> int:
           f"Ray {address}, MLflow {redact(uri)} (parent run {parent}), results {redact(paths.experiment)}", flush=True)
     results = build_tuner(args, study, uri, parent, paths).fit()
     return finish(args, study, results, tracker, parent, paths, t_start)
+
+
+def check_local_resources(args: argparse.Namespace, study: Study) -> None:
+    """A local Ray that cannot place one trial's workers waits for ever: refuse before it starts."""
+    if args.address:
+        return
+    r = study.resources
+    if r.gpus_per_worker > 0:
+        import torch
+
+        have = torch.cuda.device_count()
+        if have < r.gpus_per_worker * r.workers:
+            raise StudyError(
+                f"{study.path}: resources: {r.workers} worker(s) x gpus_per_worker {r.gpus_per_worker:g}, but this "
+                f"machine has {have} GPU(s); set resources.gpus_per_worker: 0, or pass --address of a cluster with GPUs"
+            )
+    cpus = args.num_cpus or os.cpu_count() or 1
+    if r.cpus_per_worker * r.workers > cpus:
+        raise StudyError(
+            f"{study.path}: resources: {r.workers} worker(s) x cpus_per_worker {r.cpus_per_worker:g} exceed the {cpus} "
+            f"CPUs of the local Ray; lower them, raise --num-cpus, or pass --address of a cluster"
+        )
 
 
 def start_ray(args: argparse.Namespace) -> str:
@@ -230,6 +253,7 @@ def start_ray(args: argparse.Namespace) -> str:
 def open_parent_run(args: argparse.Namespace, study: Study, uri: str, paths: StudyPaths, address: str) -> tuple[Any, str]:
     """The study's MLflow parent run (the existing one on resume); a new one gets the study file,
     the base config and the study's parameters. Returns (tracker, parent run id)."""
+    from search.runview import provenance_tags
     from search.tracking import Tracker, git_commit
 
     tracker = Tracker(uri, args.experiment or study.name)
@@ -237,7 +261,7 @@ def open_parent_run(args: argparse.Namespace, study: Study, uri: str, paths: Stu
     parent = tracker.start_parent(
         study.name,
         paths.experiment,
-        {TAG_GIT_COMMIT: commit, TAG_GIT_COMMIT_MLFLOW: commit, TAG_RAY_ADDRESS: address,
+        {**provenance_tags(commit), TAG_GIT_COMMIT: commit, TAG_RAY_ADDRESS: address,
          TAG_STORAGE: redact(paths.experiment), TAG_OPTUNA: redact(paths.optuna), TAG_SMOKE_TEST: str(study.smoke)},
         resume=args.resume,
     )
@@ -257,7 +281,8 @@ def build_tuner(args: argparse.Namespace, study: Study, uri: str, parent: str, p
     from ray import tune
 
     from search.results import TrialClock
-    from search.tracking import MlflowStudyCallback
+    from search.runview import provenance_tags
+    from search.tracking import MlflowStudyCallback, git_commit
     from search.trainable import TrialRuntime, run_trial
 
     runtime = TrialRuntime(study=study, train_storage=f"{paths.experiment}/train_runs", metric=study.objective.metric,
@@ -282,7 +307,8 @@ def build_tuner(args: argparse.Namespace, study: Study, uri: str, parent: str, p
         run_config=tune.RunConfig(
             name=study.name,
             storage_path=paths.storage,
-            callbacks=[MlflowStudyCallback(uri, args.experiment or study.name, parent, study), TrialClock(paths.trial_times)],
+            callbacks=[MlflowStudyCallback(uri, args.experiment or study.name, parent, study, provenance_tags(git_commit(ROOT))),
+                       TrialClock(paths.trial_times)],
             failure_config=tune.FailureConfig(max_failures=0),  # Train retries workers; a failed trial stays failed
         ),
     )
@@ -309,7 +335,11 @@ def finish(args: argparse.Namespace, study: Study, results: Any, tracker: Any, p
         o = df["overhead_s"].dropna()
         print(f"[ctcae] per-trial overhead (trial wall time - training time): mean {o.mean():.1f} s, "
               f"min {o.min():.1f} s, max {o.max():.1f} s over {len(o)} trials", flush=True)
-    tracker.log_metrics(parent, {"study_wall_s": wall, "n_trials": len(trials), **{f"n_{k}": v for k, v in counts.items()}}, 0)
+    # the study's figures as tags: metrics of the parent run would join every trial chart
+    summary = {"wall_s": f"{wall:.1f}", "n_trials": len(trials), **{f"n_{k}": v for k, v in counts.items()}}
+    for k, v in summary.items():
+        tracker.client.set_tag(parent, f"{TAG_SUMMARY_PREFIX}{k}", str(v))
+    print_links(study, tracker, parent)
     if complete:
         tracker.end(parent, "FINISHED")
         return 0
@@ -317,6 +347,23 @@ def finish(args: argparse.Namespace, study: Study, results: Any, tracker: Any, p
     print(f"[ctcae] study interrupted; continue with: python search/run.py --space {args.space} --resume"
           + (f" --name {study.name}" if args.name else ""), flush=True)
     return EXIT_INTERRUPTED
+
+
+def print_links(study: Study, tracker: Any, parent: str) -> None:
+    """Where to look at the study in the MLflow UI: its trials ranked by the objective, and
+    MLflow's Compare page of its trials."""
+    from search.names import TAG_PARENT
+    from search.runview import compare_url, runs_url, ui_base
+
+    base, served = ui_base(tracker.uri)
+    children = tracker.client.search_runs([tracker.experiment_id], f"tags.`{TAG_PARENT}` = '{parent}'", max_results=1000)
+    ids = [r.info.run_id for r in sorted(children, key=lambda r: r.info.start_time or 0)]
+    obj = study.objective
+    if not served:
+        print(f"[ctcae] browse the runs: python mlflow/serve.py --backend-store-uri {redact(tracker.uri)}  (then open the links)")
+    print(f"[ctcae] MLflow, trials by {obj.metric}: {runs_url(base, tracker.experiment_id, obj.metric, obj.mode)}")
+    if ids:
+        print(f"[ctcae] MLflow, compare the {len(ids)} trials: {compare_url(base, tracker.experiment_id, ids)}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from search.names import (
     TAG_TRIAL_NAME,
 )
 from search.redact import redact
+from search import runview
 
 # Tune's auto-filled result keys: not metrics of the model.
 _TUNE_KEYS = {
@@ -110,25 +111,33 @@ class Tracker:
         runs = self._find(f"tags.`{TAG_TRIAL}` = '{trial_id}' and tags.`{TAG_PARENT}` = '{parent_id}'")
         return runs[0].info.run_id if runs else None
 
-    def start_child(self, parent_id: str, trial_id: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
-        """The trial's child run (reused if the trial was started before, e.g. before an interrupt)."""
+    def start_child(self, parent_id: str, trial_id: str, name: str, params: dict[str, Any], tags: dict[str, str],
+                    config_yaml: str = "") -> str:
+        """The trial's child run (reused if the trial was started before, e.g. before an interrupt).
+
+        A new run is named ``name``, or ``name #2``, ... when a run of this study has that name;
+        ``config_yaml`` (the full resolved config) becomes its artifact ``resolved_config.yaml``.
+        """
         run_id = self.find_child(parent_id, trial_id)
         if run_id:
             self.client.update_run(run_id, status="RUNNING")
             return run_id
+        taken = [r.info.run_name for r in self._find(f"tags.`{TAG_PARENT}` = '{parent_id}'")]
         run = self.client.create_run(
             self.experiment_id,
-            run_name=name,
+            run_name=runview.unique_name(name, taken),
             tags={**tags, TAG_PARENT: parent_id, TAG_TRIAL: trial_id, TAG_KIND: "trial"},
         )
         run_id = run.info.run_id
         self.log_params(run_id, params)
+        if config_yaml:
+            self.log_text(run_id, config_yaml, "resolved_config.yaml")
         return run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)) for k, v in params.items()]
+        items = [Param(k, runview.param_text(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i : i + 100])
 
@@ -146,6 +155,16 @@ class Tracker:
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
 
+    def log_images(self, run_id: str, pictures: list[tuple[str, int, bytes]]) -> None:
+        """(key, step, PNG bytes) as MLflow images: the UI's image grids and Compare show them by step."""
+        import io
+
+        from PIL import Image
+
+        for key, step, png in pictures:
+            with Image.open(io.BytesIO(png)) as im:
+                self.client.log_image(run_id, im.convert("RGB"), key=key, step=step)
+
     def end(self, run_id: str, status: str, reason: str | None = None) -> None:
         """End a run: FINISHED, FAILED or KILLED, with the reason as a tag."""
         if reason:
@@ -154,6 +173,9 @@ class Tracker:
 
     def status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
+
+
+_OFF_CHARTS = {"is_best"}  # result keys that are not worth a chart of their own
 
 
 def metrics_of(result: dict[str, Any]) -> dict[str, float]:
@@ -174,11 +196,12 @@ class MlflowStudyCallback(Callback):
     values; the MLflow client is recreated lazily.
     """
 
-    def __init__(self, uri: str, experiment: str, parent_id: str, study: Any) -> None:
+    def __init__(self, uri: str, experiment: str, parent_id: str, study: Any, provenance: dict[str, str] | None = None) -> None:
         self.uri = uri
         self.experiment = experiment
         self.parent_id = parent_id
         self.study = study  # search.study.Study: resolves a trial's full config for its params
+        self.provenance = dict(provenance or {})  # source, user, git commit: on every trial (runview.provenance_tags)
         self._tracker: Tracker | None = None
         self._runs: dict[str, str] = {}
         self._ended: set[str] = set()
@@ -198,10 +221,15 @@ class MlflowStudyCallback(Callback):
 
     def _run_id(self, trial: Any) -> str:
         if trial.trial_id not in self._runs:
-            cfg = self.study.resolve(trial.config)
-            tags = {TAG_TRIAL_NAME: str(trial), TAG_SEARCHED: json.dumps(sorted(k for k in trial.config if not k.startswith("_")))}
+            import yaml
+
+            study, values = self.study, trial.config
+            cfg = study.resolve(values)
+            tags = {**getattr(self, "provenance", {}), **runview.search_tags(study, values, cfg), TAG_TRIAL_NAME: str(trial),
+                    TAG_SEARCHED: json.dumps(sorted(k for k in values if not k.startswith("_")))}
             self._runs[trial.trial_id] = self.tracker.start_child(
-                self.parent_id, trial.trial_id, f"{self.study.name}-{trial.trial_id}", cfg.flat(), tags
+                self.parent_id, trial.trial_id, runview.trial_run_name(study, values, cfg),
+                runview.trial_params(study, values, cfg), tags, yaml.safe_dump(cfg.to_dict(), sort_keys=False),
             )
         return self._runs[trial.trial_id]
 
@@ -214,7 +242,26 @@ class MlflowStudyCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get(FINAL_KEY):
             return  # the final test summary is logged at completion
-        self.tracker.log_metrics(self._run_id(trial), metrics_of(result), result.get("step"))
+        metrics = {k: v for k, v in metrics_of(result).items() if k not in _OFF_CHARTS}
+        # the objectives first: MLflow lists a run's metrics in the order they were first logged
+        # (the run page's table, Compare's first metric axis)
+        metrics = {**{m: metrics[m] for m in self.study.objective.metrics if m in metrics}, **metrics}
+        self.tracker.log_metrics(self._run_id(trial), metrics, result.get("step"))
+        if result.get("checkpoint_path"):  # TuneReportCallback: the path of rank 0's reported checkpoint
+            self._log_pictures(trial, result["checkpoint_path"])
+
+    def _log_pictures(self, trial: Any, path: str) -> None:
+        """An evaluation's pictures (search/pictures.py) as MLflow images of the trial's run."""
+        from ray.train import Checkpoint
+
+        from search.pictures import read_pictures
+
+        try:
+            pictures = read_pictures(Checkpoint(path))
+            if pictures:
+                self.tracker.log_images(self._run_id(trial), pictures)
+        except Exception as e:  # noqa: BLE001 - pictures are a view; a lost one must not fail the study
+            print(f"[ctcae] trial {trial.trial_id}: pictures of {redact(path)} not logged: {e}", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_id(trial)
@@ -240,9 +287,11 @@ class MlflowStudyCallback(Callback):
                     self.tracker.end(run_id, "KILLED", "interrupted; continue with search/run.py --resume")
 
     def _log_final(self, run_id: str, trial: Any, last: dict[str, Any]) -> None:
-        # test metrics, the best checkpoint's validation values (best_val_*) and timings; the bare
-        # objective keys repeat a validation value already in the history
-        test = {k: v for k, v in metrics_of(last).items() if not k.startswith("val_") and k != FINAL_KEY}
+        # test metrics, the objectives' values at the tested checkpoint (best_val_<objective>) and
+        # timings; the bare objective keys and the other best_val_* repeat values of the history
+        keep_best = {f"best_{m}" for m in self.study.objective.metrics}
+        test = {k: v for k, v in metrics_of(last).items()
+                if (not k.startswith(("val_", "best_val_")) and k != FINAL_KEY) or k in keep_best}
         best_step = int(last.get("best_step", 0))
         self.tracker.log_metrics(run_id, test, best_step)
         path = last.get("checkpoint_path")  # rank 0's final report: config, test metrics, PNGs

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from search.names import FINAL_KEY, NONFINITE_KEY, NONFINITE_MSG
+from search.pictures import EvalPictures
 from search.study import Study
 
 
@@ -68,8 +69,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     try:
         resume = _resume_file(ray.train.get_checkpoint(), work / "resume")
 
+        pictures = EvalPictures(cfg)
+
         def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
             out = {k: v for k, v in metrics.items()}
+            if checkpoint_dir is not None:  # rank 0: pictures of this evaluation travel in its checkpoint
+                pictures(int(metrics["step"]), checkpoint_dir)
             ray.train.report(out, checkpoint=Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None)
 
         t0 = time.perf_counter()
@@ -188,25 +193,9 @@ def _test_best(
 
 def _render_pngs(model: Any, dataset: Any, out: Path, device: Any, seed: int, step: int, n: int = 8) -> list[Path]:
     """Phase maps, segmentations and a summary panel of the first ``n`` test images (tested checkpoint)."""
-    import torch
+    from ctcae_core.evaluate import write_pictures
 
-    from ctcae_core import viz
-    from ctcae_core.metrics import cluster_phases, count_label_clusters
-
-    batch = dataset.get_batch(torch.arange(min(n, len(dataset))))
-    images = batch["image"].to(device)  # (b, c, h, w)
-    labels = batch["labels"]  # (b, h, w)
-    with torch.inference_mode():
-        o = model(images)
-        gen = torch.Generator(device=device).manual_seed(seed)
-        pred = cluster_phases(o.out_magnitude, o.out_phase, count_label_clusters(labels.to(device)), generator=gen)
-    cpu = lambda t: t.detach().cpu()  # noqa: E731
-    mag, phase = cpu(o.out_magnitude), cpu(o.out_phase)
-    return [
-        viz.save_phase_maps(out / f"phase_maps_step{step}.png", mag, phase),
-        viz.save_segmentation(out / f"segmentation_step{step}.png", labels, cpu(pred)),
-        viz.save_panel(out / f"panel_step{step}.png", cpu(images), cpu(o.recon), mag, phase, labels, cpu(pred)),
-    ]
+    return write_pictures(model, dataset, out, device=device, seed=seed, step=step, n=n)
 
 
 def _finite(v: Any) -> bool:

@@ -84,9 +84,15 @@ def get_free_port():
     return free_port
 
 
+SERVER_ROOTS: dict[str, Path] = {}  # a running mlflow_server's URI -> its folder (mlflow.db, artifacts/)
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real ``mlflow server`` on a free loopback port (SQLite backend); yields its URI."""
+    """A real ``mlflow server`` on a free loopback port (SQLite backend); yields its URI.
+
+    Its folder has the layout of ``mlflow/serve.py --data-dir`` (``mlflow.db``, ``artifacts/``),
+    so a test can serve the same runs with the launcher: ``SERVER_ROOTS[uri]``."""
     root = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
     log = open(root / "server.log", "w")
@@ -104,8 +110,10 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{uri}/health", timeout=180, proc=proc)
+        SERVER_ROOTS[uri] = root
         yield uri
     finally:
+        SERVER_ROOTS.pop(uri, None)
         kill_group(proc)
         log.close()
 

@@ -15,10 +15,11 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from ctcae_core.config import get_profile
+from search.names import KEY_PARAMS
 from search.space import load_study
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # a study on real Ray and a real MLflow server
@@ -54,6 +55,11 @@ def test_study_completes(smoke_run: dict) -> None:
     p = smoke_run["proc"]
     assert p.returncode == 0, (p.stdout + p.stderr)[-6000:]
     assert "[ctcae] study smoke:" in p.stdout
+    # the summary links to the trials in the model-training view and to MLflow's Compare page
+    uri = smoke_run["uri"]
+    assert f"[ctcae] MLflow, trials by val_ari_fg: {uri}/#/experiments/" in p.stdout
+    assert "workflowType=machine_learning" in p.stdout
+    assert f"[ctcae] MLflow, compare the 4 trials: {uri}/#/compare-runs?runs=" in p.stdout
     print(f"smoke study wall time {smoke_run['wall']:.1f} s")
 
 
@@ -70,20 +76,36 @@ def test_mlflow_parent_and_children(smoke_run: dict) -> None:
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
     assert arts == {"study/smoke.yaml", "study/base_config.yaml"}
     base_local = client.download_artifacts(parent.info.run_id, "study/base_config.yaml")
-    import yaml
 
     assert yaml.safe_load(Path(base_local).read_text()) == study.base.to_dict()
 
+    # the study's figures are tags, not metrics: nothing of the parent joins the trials' charts
+    assert parent.data.metrics == {} and int(tags["ctcae.summary.n_trials"]) == 4 and float(tags["ctcae.summary.wall_s"]) > 0
+
     assert len(children) == study.search.num_samples == 4
-    flat_keys = set(get_profile("tiny").flat())
+    assert len({c.info.run_name for c in children}) == 4  # unique within the study
     for child in children:
-        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        ctags = child.data.tags
+        assert ctags["mlflow.parentRunId"] == parent.info.run_id
+        # provenance on every trial: the UI's Source, Created by and git commit
+        assert ctags["mlflow.source.name"] == "search/run.py" and ctags["mlflow.user"]
+        assert ctags["mlflow.source.git.commit"] == tags["ctcae.git_commit"]
         params = child.data.params
-        assert set(params) == flat_keys  # the full resolved config, flattened
-        searched = json.loads(child.data.tags["ctcae.searched"])
+        searched = json.loads(ctags["ctcae.searched"])
         assert set(searched) <= set(study.keys) and "model.decoder" in searched
-        # conditional parameter: the temperature is searched only when the loss is on
-        assert ("contrastive.temperature" in searched) == (float(params["contrastive.weight"]) > 0)
+        # only the key config values and the searched keys that took effect are params
+        assert set(params) == set(KEY_PARAMS) | set(searched), sorted(params)
+        # conditional parameter: the temperature is searched (and a param) only when the loss is on
+        on = float(params["contrastive.weight"]) > 0
+        assert ("contrastive.temperature" in searched) == on == ("contrastive.temperature" in params)
+        # the name is the searched values and the seed, the same values as tags search.<key>
+        name = child.info.run_name.split(" #")[0]
+        assert name.startswith(f"decoder={params['model.decoder']} sigmoid={int(params['model.out_sigmoid'] == 'True')} ")
+        assert name.endswith(" seed=0") and (" T=" in name) == on
+        assert ctags["search.decoder"] == params["model.decoder"] and ctags["search.seed"] == "0"
+        assert ("search.T" in ctags) == on
+        config = yaml.safe_load(Path(client.download_artifacts(child.info.run_id, "resolved_config.yaml")).read_text())
+        assert config["model"]["decoder"] == params["model.decoder"]  # the full config is an artifact
         assert child.info.status in ("FINISHED", "KILLED"), child.data.tags
         hist = client.get_metric_history(child.info.run_id, "val_mse")
         steps = [m.step for m in hist]
@@ -98,7 +120,12 @@ def test_mlflow_parent_and_children(smoke_run: dict) -> None:
         assert m["test_count_n3"] > 0
         assert 0.0 <= m["test_mse"] < 1.0 and -1.0 <= m["test_ari_fg"] <= 1.0
         names = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"resolved_config.yaml", "test_metrics.json", "pngs"} <= names
+        assert {"resolved_config.yaml", "test_metrics.json", "pngs", "images"} <= names
+        assert "best_val_ari_fg" in m and "best_val_mse" not in m and "is_best" not in m  # the objective, not its companions
+        # MLflow images: the three pictures at each evaluation with its step (search/pictures.py)
+        images = [a.path.split("/")[-1] for a in client.list_artifacts(child.info.run_id, "images")]
+        logged = {(n.split("+")[0], int(n.split("+")[2])) for n in images if n.endswith(".png")}  # key+step+N+...
+        assert logged == {(k, s) for k in ("panel", "phase_maps", "segmentation") for s in (10, 20)}, images
         pngs = [a.path for a in client.list_artifacts(child.info.run_id, "pngs")]
         assert any("phase_maps" in n for n in pngs) and any("segmentation" in n for n in pngs)
         local = client.download_artifacts(child.info.run_id, pngs[0])
@@ -139,3 +166,47 @@ def test_results_table(smoke_run: dict) -> None:
     assert (finished["trial_time_s"] > finished["train_time_s"]).all()
     print("per-trial overhead (s):", finished["overhead_s"].round(1).tolist(),
           "train (s):", finished["train_time_s"].round(1).tolist())
+
+
+def _browser_or_skip():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from mlflow_ui import BrowserMissing, browser
+
+    try:
+        return browser()
+    except BrowserMissing as e:
+        pytest.skip(f"no headless Chromium: {e}")
+
+
+def test_mlflow_ui_in_chromium(smoke_run: dict) -> None:
+    """mlflow/serve.py on the study's runs, opened in headless Chromium: the printed link shows
+    the trials by name, a trial's page shows its MLflow images (what mlflow/README.md walks through)."""
+    from conftest import SERVER_ROOTS, free_port, kill_group, wait_http
+    from mlflow_ui import images_loaded, page_text, wait_text, wait_until
+
+    from search.runview import runs_url
+
+    drv = _browser_or_skip()
+    port = free_port()
+    log = open(smoke_run["work"] / "serve.log", "w")
+    serve = subprocess.Popen([sys.executable, str(ROOT / "mlflow" / "serve.py"), "--data-dir", str(SERVER_ROOTS[smoke_run["uri"]]),
+                              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health", timeout=180, proc=serve)
+        client, _, children = _runs(url, "smoke")
+        exp_id = client.get_experiment_by_name("smoke").experiment_id
+        names = [c.info.run_name for c in children]
+        drv.get(runs_url(url, exp_id, "val_ari_fg", "max"))
+        wait_text(drv, names)  # every trial, by its searched values
+        assert "smoke" not in page_text(drv).split("Run Name", 1)[-1].split("matching runs")[0]  # no parent row
+        trial = next(c for c in children if c.info.status == "FINISHED")
+        drv.get(f"{url}/#/experiments/{exp_id}/runs/{trial.info.run_id}/model-metrics?workflowType=machine_learning")
+        wait_text(drv, [trial.info.run_name])
+        n = wait_until(drv, images_loaded, "an MLflow image of the trial")
+        srcs = drv.execute_script("return Array.from(document.images).map(i => i.src)")
+        assert n >= 1 and any("images" in s and "panel" in s for s in srcs), srcs
+    finally:
+        drv.quit()
+        kill_group(serve)
+        log.close()

@@ -7,12 +7,18 @@ from typing import Any
 
 import pandas as pd
 
-from search.names import TAG_KIND, TAG_PARENT, TAG_REASON, TAG_SEARCHED, TAG_STUDY, TAG_TRIAL
-
-SEED_KEYS = ("train.seed", "data.data_seed")
-DATASET_KEY = "data.dataset"
-TRAIN_FILTER_KEY = "data.train_n_objects"
-ARCH_KEYS = ("model.decoder", "model.out_conv", "model.out_sigmoid", "contrastive.weight")
+from search.names import (  # noqa: F401 - the key names are re-exported for search/reporting/tables.py
+    ARCH_KEYS,
+    DATASET_KEY,
+    SEED_KEYS,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_REASON,
+    TAG_SEARCHED,
+    TAG_STUDY,
+    TAG_TRIAL,
+    TRAIN_FILTER_KEY,
+)
 
 
 class ReportError(RuntimeError):
