@@ -7,10 +7,13 @@ from these files after a crash, and several processes may read a dataset cache w
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+_TEMP = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")  # the names atomic_path writes under
 
 
 @contextmanager
@@ -32,3 +35,30 @@ def atomic_path(path: str | Path, *, fsync: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine (another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[str]:
+    """Delete the temporary files that a killed writer (SIGKILL, power cut) left in ``directory``.
+
+    Only files named like :func:`atomic_path`'s temporaries whose writing process no longer runs;
+    a directory is written by one command at a time (a live writer's files are left alone).
+    Returns the names removed.
+    """
+    removed = []
+    for p in Path(directory).iterdir():
+        m = _TEMP.match(p.name)
+        if m and p.is_file() and not p.is_symlink() and not pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed

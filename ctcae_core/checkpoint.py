@@ -28,7 +28,7 @@ import torch
 
 from ctcae_core.atomic import atomic_path
 from ctcae_core.cli import UserError
-from ctcae_core.config import ConfigError, ExperimentConfig
+from ctcae_core.config import DEVICE_PATTERN, ConfigError, ExperimentConfig
 from ctcae_core.model import ComplexAutoEncoder, build_model
 
 CONFIG_FILE = "config.json"
@@ -42,11 +42,18 @@ MODEL_FILES = (LAST_FILE, REPORTED_FILE, BEST_FILE)  # every name a model file i
 
 
 def resolve_device(device: str) -> torch.device:
-    """``train.device`` as a torch device: "auto" is CUDA when there is one, else the CPU."""
+    """``train.device`` (or a command's ``--device``) as a torch device: "auto" is CUDA when there
+    is one, else the CPU. A device this machine does not have is a ConfigError saying which exist."""
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise ConfigError(f"device {device!r}: not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {device!r} asked for but CUDA is not available")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: this machine has no usable CUDA device; use 'cpu' or 'auto'")
+        n = torch.cuda.device_count()
+        if ":" in device and int(device.split(":")[1]) >= n:
+            raise ConfigError(f"device {device!r}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}; use one of them")
     return torch.device(device)
 
 
@@ -136,8 +143,7 @@ def save_checkpoint(out: Path, payload: dict[str, Any], summary: dict[str, Any],
     yet); ``metrics.json`` (``summary``); ``report_checkpoint/`` with the last checkpoint, marked
     best when it is.
     """
-    with atomic_path(out / LAST_FILE) as tmp:
-        torch.save(payload, tmp)
+    save_last(out, payload)
     if improved or not (out / BEST_FILE).exists():
         _link(out / LAST_FILE, out / BEST_FILE)
     write_json(out / METRICS_FILE, summary)
@@ -146,6 +152,12 @@ def save_checkpoint(out: Path, payload: dict[str, Any], summary: dict[str, Any],
     _link(out / LAST_FILE, report_dir / REPORTED_FILE)
     write_json(report_dir / META_FILE, {"step": payload["step"], "is_best": improved}, indent=None)
     return report_dir
+
+
+def save_last(out: Path, payload: dict[str, Any]) -> None:
+    """Write ``checkpoint_last.pt`` alone (atomically): what an interrupted run resumes from."""
+    with atomic_path(out / LAST_FILE) as tmp:
+        torch.save(payload, tmp)
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -16,6 +16,7 @@ import sys
 from typing import Any, Callable, NoReturn, Sequence
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 
 class UserError(Exception):
@@ -50,6 +51,12 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or 0
         raise
+    except KeyboardInterrupt as exc:  # Ctrl-C: what was done is kept; say how to continue
+        if debug_enabled(argv):
+            raise
+        message = " ".join(str(exc).split()) or "interrupted by Ctrl-C; run the command again"
+        print(f"error: {clean(message)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except _expected() + tuple(expected) as exc:
         if debug_enabled(argv):
             raise

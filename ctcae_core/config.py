@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import types
@@ -24,9 +25,10 @@ class ConfigError(ValueError):
 
 
 DECODERS = ("upsample", "transpose")
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 PHASE_INITS = ("zero", "random")
 CONTRASTIVE_LAYERS = ("both", "encoder", "decoder")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,8 @@ class DataConfig:
             raise ConfigError("data.dataset: empty; give a generated dataset name or a dataset directory")
         if self.data_seed < 0:
             raise ConfigError(f"data.data_seed: got {self.data_seed}; give an integer >= 0")
+        if any(k < 1 for k in self.test_n_objects):
+            raise ConfigError(f"data.test_n_objects: got {list(self.test_n_objects)}; give object counts >= 1")
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     inject_nan_at: int = -1  # fault injection for tests: the loss becomes NaN at this step
+    # "fp32" | "bf16" | "fp16": the dtype of the linear maps (convs, linears) under autocast; the
+    # phase arithmetic, norms and losses stay fp32 (docs/model.md). fp16 only on CUDA (loss scaling).
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "eval_every", "eval_images", "log_every"):
@@ -157,8 +164,10 @@ class TrainConfig:
             raise ConfigError(f"train.seed: got {self.seed}; give an integer >= 0")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"train.lr: got {self.lr}; give a finite number > 0, e.g. 4e-4")
-        if not _DEVICE.fullmatch(self.device):
+        if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f"train.device: {self.device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision: {self.precision!r}; use one of {', '.join(PRECISIONS)}")
 
 
 @dataclass(frozen=True)
@@ -170,6 +179,31 @@ class ExperimentConfig:
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        self._check_contrastive_fits()
+
+    def _check_contrastive_fits(self) -> None:
+        """The contrastive pairs must fit in the maps they are mined on (docs/model.md): the last
+        encoder map at ``data.resolution``, and the output cut into ``dec_patch`` patches."""
+        cc, res = self.contrastive, self.data.resolution
+        if not cc.enabled:
+            return
+        if cc.layers in ("both", "encoder"):
+            size = res
+            for s in self.model.enc_strides:
+                size = -(-size // s)
+            _fits("enc", cc.enc_top_k, cc.enc_bottom_m, size * size,
+                  f"the last encoder map ({size}x{size} at data.resolution={res})")
+        if cc.layers in ("both", "decoder"):
+            if res % cc.dec_patch:
+                raise ConfigError(
+                    f"contrastive.dec_patch: {cc.dec_patch} does not divide data.resolution={res}; "
+                    f"give a divisor of {res}"
+                )
+            side = res // cc.dec_patch
+            _fits("dec", cc.dec_top_k, cc.dec_bottom_m, side * side,
+                  f"the output in {cc.dec_patch}x{cc.dec_patch} patches ({side}x{side} at data.resolution={res})")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
@@ -207,6 +241,12 @@ class ExperimentConfig:
         return ExperimentConfig.from_dict(d)
 
 
+@functools.cache
+def _hints(cls: Any) -> dict[str, Any]:
+    """The resolved field types of a config dataclass (cached: resolving them is most of a build)."""
+    return typing.get_type_hints(cls)
+
+
 def valid_keys() -> list[str]:
     """All dotted keys of ExperimentConfig, e.g. ``model.decoder``."""
     return list(ExperimentConfig().flat().keys())
@@ -218,7 +258,7 @@ def key_type(key: str) -> Any:
     cls: Any = ExperimentConfig
     tp: Any = None
     for i, part in enumerate(parts):
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         if part not in hints:
             where = ".".join(parts[:i]) or "top level"
             close = [k for k in valid_keys() if k.endswith("." + parts[-1])][:1]  # "lr" -> "train.lr"
@@ -272,6 +312,14 @@ _A = {int: "an integer", float: "a number"}
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fits(side: str, top_k: int, bottom_m: int, positions: int, where: str) -> None:
+    if top_k + 1 > positions or bottom_m > positions:
+        raise ConfigError(
+            f"contrastive.{side}_top_k {top_k} + 1 and {side}_bottom_m {bottom_m} must fit in the {positions} "
+            f"positions of {where}; raise data.resolution or lower them"
+        )
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -335,7 +383,7 @@ def _build(cls: Any, d: Any, prefix: str) -> Any:
     where = prefix.rstrip(".") or "top level"
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: got {type(d).__name__} {_short(d)}; give a mapping of keys to values")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     unknown = sorted(set(d) - set(hints))
     if unknown:
         raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]} at {where}; "

@@ -7,10 +7,13 @@ and only rank 0 writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +25,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ctcae_core import cli
-from ctcae_core.checkpoint import CONFIG_FILE, MODEL_FILES, load_checkpoint, resolve_device, save_checkpoint, write_json
+from ctcae_core.checkpoint import (
+    CONFIG_FILE, LAST_FILE, METRICS_FILE, MODEL_FILES, load_checkpoint, resolve_device, save_checkpoint, save_last, write_json,
+)
 from ctcae_core.config import ConfigError, ExperimentConfig, get_profile, load_config_file
 from ctcae_core.contrastive import contrastive_loss
 from ctcae_core.data import open_split
@@ -36,6 +41,48 @@ Report = Callable[[dict[str, Any], "Path | None"], None]
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run stops here."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during ``fit``: it stopped after a whole step and saved the last checkpoint."""
+
+
+@contextlib.contextmanager
+def _stop_after_step(enabled: bool):
+    """Turn the first SIGINT into a flag that the loop reads after each step (a second one stops at
+    once). Only in the main thread of a single process: DDP ranks must stop together."""
+    flag = threading.Event()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT) or signal.default_int_handler
+
+    def handler(signum: int, frame: Any) -> None:
+        flag.set()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast of the model's linear maps for ``train.precision`` (fp32: nothing).
+
+    Only the convs and linears run in bf16/fp16: the complex layer casts their output back to
+    fp32 before |psi| and arg psi, and the norms and losses see fp32 (docs/model.md). On this
+    project's CPUs (AVX2, no AVX512-BF16) bf16 convs are far slower than fp32: benchmarks/README.md.
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.precision: fp16 needs a CUDA device (got {device}); use bf16 or fp32")
+    return torch.autocast(device.type, dtype=LOW_PRECISION[precision])
 
 
 def open_splits(cfg: ExperimentConfig) -> tuple[Any, Any]:
@@ -74,6 +121,7 @@ class _Run:
     start_step: int = 0
     best: float = -math.inf
     history: list[dict[str, Any]] = field(default_factory=list)
+    scaler: Any = None  # torch.amp.GradScaler under train.precision fp16 (CUDA), else None
 
 
 def fit(
@@ -93,6 +141,7 @@ def fit(
     """
     tc = config.train
     # Everything that can be refused is checked before the run directory is written.
+    resolve_device(tc.device)  # before any dataset is generated
     train_ds, val_ds = open_splits(config)
     if len(train_ds) < tc.batch_size:
         raise ConfigError(
@@ -104,10 +153,21 @@ def fit(
             f"data.dataset {config.data.dataset}: the val split is empty (with this object-count filter); "
             f"widen data.train_n_objects or use a larger dataset"
         )
-    run = _start(config, Path(out_dir), resume)
-    bar = tqdm(total=tc.steps, initial=run.start_step, desc=config.name, disable=not progress or run.rank != 0, dynamic_ncols=True)
+    with _stop_after_step(not _is_dist()) as stop:  # from here on, Ctrl-C stops after a whole step
+        run = _start(config, Path(out_dir), resume)
+        bar = tqdm(total=tc.steps, initial=run.start_step, desc=config.name, disable=not progress or run.rank != 0,
+                   dynamic_ncols=True)
+        summary = _loop(run, train_ds, val_ds, report, bar, stop)
+    bar.close()
+    return summary or _summary(run, tc.steps)
+
+
+def _loop(run: _Run, train_ds: Any, val_ds: Any, report: Report | None, bar: Any, stop: threading.Event) -> dict[str, Any]:
+    """The steps from ``run.start_step`` on; returns the summary of the last evaluation."""
+    tc = run.config.train
     running: dict[str, float] = {}
     t_start, summary = time.time(), {}
+    saved = run.start_step
     for step in range(run.start_step, tc.steps):
         try:
             losses = _train_step(run, train_ds, step)
@@ -131,11 +191,20 @@ def fit(
             if run.rank == 0:
                 summary = _summary(run, done, last=metrics)
                 ckpt_dir = save_checkpoint(run.out, _payload(run, done), summary, improved=improved)
+                saved = done
             if report is not None:
                 metrics["is_best"] = improved  # the history entry too: later checkpoints save it with the mark
                 report(dict(metrics), ckpt_dir)
-    bar.close()
-    return summary or _summary(run, tc.steps)
+        if stop.is_set():
+            bar.close()
+            if done != saved:
+                save_last(run.out, _payload(run, done))
+            last = run.out / LAST_FILE
+            raise TrainingInterrupted(
+                f"{run.config.name}: stopped by Ctrl-C after step {done} of {tc.steps}, checkpoint {last}; "
+                f"continue with --resume {last}"
+            )
+    return summary
 
 
 def _start(config: ExperimentConfig, out: Path, resume: str | Path | None) -> _Run:
@@ -168,6 +237,9 @@ def _start(config: ExperimentConfig, out: Path, resume: str | Path | None) -> _R
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
     pair_gen = torch.Generator().manual_seed(tc.seed + 1)
     run = _Run(config, out, device, distributed, rank, world, model, model, optimizer, pair_gen)
+    precision_context(tc.precision, device)  # refuses fp16 off CUDA before any step
+    if tc.precision == "fp16":
+        run.scaler = torch.amp.GradScaler(device.type)
     if saved is not None:
         payload = saved[2]
         model.load_state_dict(payload["model"])
@@ -189,8 +261,9 @@ def _train_step(run: _Run, train_ds: Any, step: int) -> dict[str, float]:
     idx = batch_indices(len(train_ds), tc.batch_size, step, tc.seed)[run.rank :: run.world]
     batch = train_ds.get_batch(idx)
     images = batch["image"].to(device, non_blocking=True)  # (b, c, h, w)
-    outputs = run.net(images)
-    mse = F.mse_loss(outputs.recon, images)
+    with precision_context(tc.precision, device):
+        outputs = run.net(images)
+    mse = F.mse_loss(outputs.recon.float(), images)
     loss = mse
     closs = torch.zeros((), device=device)
     if cc.enabled:
@@ -209,8 +282,13 @@ def _train_step(run: _Run, train_ds: Any, step: int) -> dict[str, float]:
             f"contrastive={closs.item()}); lower train.lr or check the data"
         )
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    run.optimizer.step()
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        loss.backward()
+        run.optimizer.step()
     return {"loss": float(loss.detach()), "mse": float(mse.detach()), "contrastive": float(closs.detach())}
 
 
@@ -297,6 +375,12 @@ def _main(argv: list[str] | None) -> int:
         raise cli.UserError(f"--out {out}: is a file, not a directory; choose another --out")
     if args.resume is not None and not Path(args.resume).exists():
         raise cli.UserError(f"--resume {args.resume}: no such file; pass DIR/checkpoint_last.pt of an earlier run")
+    earlier = [n for n in (*MODEL_FILES, METRICS_FILE, CONFIG_FILE) if (out / n).exists()] if out.is_dir() else []
+    if earlier and args.resume is None:  # its checkpoints would be overwritten
+        raise cli.UserError(
+            f"--out {out}: holds an earlier run ({', '.join(earlier)}); continue it with --resume {out / LAST_FILE}, "
+            f"or choose another --out"
+        )
     new_dir = not out.exists()
     try:
         summary = fit(cfg, out_dir=out, resume=args.resume, progress=not args.no_progress)

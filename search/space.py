@@ -63,6 +63,7 @@ follows tiny's steps, and at most 4 trials run.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import replace
@@ -98,6 +99,7 @@ TOP_LEVEL = ("name", "description", "base", "data", "space", "objective", "searc
 SMOKE_PROFILE = "tiny"
 DATA_KEYS = ("data.dataset", "data.n_train", "train.batch_size")  # searched values checked against the data
 SMOKE_MAX_SAMPLES = 4
+COMBINATIONS_ALL = 256  # up to this many value combinations are all checked; beyond, every pair
 
 
 class _Loader(UniqueKeyLoader):
@@ -148,6 +150,9 @@ def parse_study(text: str, *, source: str = "<study>", smoke: bool = False) -> S
 class _Parser:
     def __init__(self, source: str) -> None:
         self.source = source
+        # (key, repr(value)) -> the error of that searched value on the base config; it stands
+        # unless another searched key makes the value work (``combinations``)
+        self.alone_errors: dict[tuple[str, str], StudyError] = {}
 
     def err(self, key: str, msg: str) -> StudyError:
         return StudyError(f"{self.source}: {key}: {msg}")
@@ -190,6 +195,15 @@ class _Parser:
         except DatasetError as e:
             raise self.err(where, str(e)) from None
 
+    def alone(self, where: str, base: ExperimentConfig, key: str, value: Any) -> None:
+        """Check one searched value on the base config; an error is kept for ``combinations``."""
+        try:
+            cfg = self.apply(where, base, {key: value})
+            if key in DATA_KEYS:
+                self.feasible(where, cfg)
+        except StudyError as e:
+            self.alone_errors[(key, repr(value))] = e
+
     def apply(self, where: str, cfg: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
         try:
             return cfg.with_overrides(overrides)
@@ -224,6 +238,7 @@ class _Parser:
             raise self.err("space", "missing; map dotted config keys to distributions")
         search = self.search(raw.get("search"))
         params = self.space(raw["space"], base, search.algorithm)
+        self.combinations(params, base)
         objective = self.objective(raw.get("objective"))
         scheduler = self.scheduler(raw.get("scheduler"), base, objective, smoke)
         resources = self.resources(raw.get("resources"))
@@ -299,6 +314,52 @@ class _Parser:
             visit(k, [])
         return tuple(params[k] for k in ordered)
 
+    def combinations(self, params: tuple[Param, ...], base: ExperimentConfig) -> None:
+        """Refuse searched values that are valid alone but never together (``dec_positives: 8`` with
+        ``dec_top_k: 4``; a batch size larger than one searched dataset's train split).
+
+        Each parameter stands for its choice / grid values or its two bounds. Every combination
+        is tried when there are at most ``COMBINATIONS_ALL`` of them, else every pair of
+        parameters; inactive parameters (``when``) keep their base value, as in a trial.
+        """
+        reps = [p.values if p.kind in ("choice", "grid") else (p.low, p.high) for p in params]
+        if math.prod(len(r) for r in reps) <= COMBINATIONS_ALL:
+            groups = [tuple(range(len(params)))]
+        else:
+            groups = list(itertools.combinations(range(len(params)), 2))
+        if len(params) < 2:
+            groups = []
+        searched, seen, works, clash = {p.key for p in params}, set(), set(), None
+        for group in groups:
+            keys = {params[i].key for i in group}
+            if any(c.key in searched and c.key not in keys for i in group for c in params[i].when):
+                continue  # its condition hangs on a parameter outside this pair: a pair cannot decide it
+            for combo in itertools.product(*(reps[i] for i in group)):
+                values, point = base.flat(), {}
+                for i, v in zip(group, combo):
+                    if params[i].active(values):
+                        values[params[i].key] = point[params[i].key] = v
+                sig = tuple(sorted((k, repr(v)) for k, v in point.items()))
+                if not point or sig in seen:
+                    continue
+                seen.add(sig)
+                try:
+                    cfg = base.with_overrides(point)
+                    if keys & set(DATA_KEYS):
+                        from ctcae_core.data import check_data
+
+                        check_data(cfg.data, cfg.train.batch_size)
+                    works |= {(k, repr(v)) for k, v in point.items()}
+                except ValueError as e:  # ConfigError, DatasetError
+                    clash = clash or (point, e)
+        for key, error in self.alone_errors.items():
+            if key not in works:  # no searched value of another key makes it work
+                raise error
+        if clash is not None:
+            named = ", ".join(f"{k}={v!r}" for k, v in clash[0].items())
+            raise self.err("space", f"{named} cannot work together ({clash[1]}); narrow the values or add a "
+                                    f"'when' condition that keeps them apart")
+
     def param(self, key: str, spec: Any, base: ExperimentConfig, algorithm: str) -> Param:
         where = f"space.{key}"
         spec = self.mapping(where, spec, DISTRIBUTIONS + ("step", "log", "when"))
@@ -322,9 +383,7 @@ class _Parser:
             for v in values:
                 if not (v is None or isinstance(v, (str, int, float, bool))):
                     raise self.err(f"{where}.{kind}", f"got {v!r}; give scalar values (Optuna categorical)")
-                cfg = self.apply(f"{where}.{kind}", base, {key: v})
-                if key in DATA_KEYS:
-                    self.feasible(f"{where}.{kind}", cfg)
+                self.alone(f"{where}.{kind}", base, key, v)
             if len({repr(v) for v in values}) != len(values):
                 raise self.err(f"{where}.{kind}", f"duplicate values in {values}; list each value once")
             return Param(key, kind, values=tuple(values), when=when)
@@ -360,9 +419,7 @@ class _Parser:
         if log and low <= 0:
             raise self.err(f"{where}.{kind}", f"log with low {low}; give low > 0")
         for b in (low, high):
-            cfg = self.apply(f"{where}.{kind}", base, {key: b})
-            if key in DATA_KEYS:
-                self.feasible(f"{where}.{kind}", cfg)
+            self.alone(f"{where}.{kind}", base, key, b)
         return Param(key, kind, low=low, high=high, step=step, log=log, when=when)
 
     def conditions(self, where: str, raw: Any, base: ExperimentConfig) -> tuple[Condition, ...]:

@@ -89,6 +89,19 @@ def world(tmp_path_factory):
     with h5py.File(root / "good.h5", "w") as f:
         g = f.create_group("train")
         g["imgs"], g["masks"] = d["image"], d["mask"]
+    (root / "empty.yaml").write_text("")
+    (root / "list.yaml").write_text("- train\n- model\n")
+    (root / "section_scalar.yaml").write_text("train: 5\n")
+    (root / "empty.pt").write_bytes(b"")
+    payload = torch.load(ckpt, weights_only=False)
+    payload["config"]["contrastive"]["weight"] = float("nan")
+    torch.save(payload, root / "nan_config.pt")
+    for name, text in (("list_manifest", "[1, 2]\n"), ("empty_manifest", "{}\n")):
+        (root / name).mkdir()
+        (root / name / MANIFEST).write_text(text)
+    with h5py.File(root / "no_groups.h5", "w"):
+        pass
+    (root / "empty.tfrecord").write_bytes(b"")
     user = root / "user_dir"  # a directory the project did not write
     user.mkdir()
     (user / "thesis.tex").write_text("years of work")
@@ -127,6 +140,26 @@ TRAIN_CASES = [
     ("resume-state-dict", ["--config", "{root}/cfg.yaml", "--resume", "{root}/state_dict.pt"], "bare state_dict"),
     ("resume-other-resolution", ["--config", "{root}/cfg.yaml", "--set", "data.resolution=16", "--resume", "{ckpt}"],
      "data.resolution=32"),
+    # a new user's mistakes, second round
+    ("config-empty-yaml", ["--config", "{root}/empty.yaml"], "empty.yaml: top level: got NoneType"),
+    ("config-yaml-list", ["--config", "{root}/list.yaml"], "list.yaml: top level: got list"),
+    ("config-section-scalar", ["--config", "{root}/section_scalar.yaml"], "train: got int 5"),
+    ("set-key-typo", ["--profile", "tiny", "--set", "train.stpes=3"], "did you mean 'train.steps'?"),
+    ("set-key-without-section", ["--profile", "tiny", "--set", "lr=1e-3"], "did you mean 'train.lr'?"),
+    ("set-tuple-not-int", ["--profile", "tiny", "--set", "model.enc_channels=8,8,x,16,16"], "model.enc_channels"),
+    ("set-resolution-zero", ["--profile", "tiny", "--set", "data.resolution=0"], "data.resolution"),
+    ("set-resolution-too-small", ["--profile", "tiny", "--set", "data.resolution=3"], "data.resolution=3"),
+    ("set-too-many-stride-2", ["--profile", "tiny", "--set", "model.enc_channels=8,8,8,8,8,8,8", "--set",
+                               "model.enc_strides=2,2,2,2,2,2,2", "--set", "model.enc_kernels=3,3,3,3,3,3,3"],
+     "last encoder map (1x1"),
+    ("set-dec-patch-not-a-divisor", ["--profile", "tiny", "--set", "contrastive.dec_patch=5"], "contrastive.dec_patch"),
+    ("set-test-n-objects-negative", ["--profile", "tiny", "--set", "data.test_n_objects=0,-1"], "data.test_n_objects"),
+    ("set-train-n-objects-garbage", ["--config", "{root}/cfg.yaml", "--set", "data.train_n_objects=abc"], "'abc'"),
+    pytest.param("set-device-cuda-absent", ["--profile", "tiny", "--set", "train.device=cuda:0"], "'cuda:0'",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    ("set-device-cuda-out-of-range", ["--profile", "tiny", "--set", "train.device=cuda:99"], "'cuda:99'"),
+    ("resume-empty-file", ["--config", "{root}/cfg.yaml", "--resume", "{root}/empty.pt"], "empty.pt"),
+    ("out-holds-an-earlier-run", ["--config", "{root}/cfg.yaml", "--out", "{root}/run"], "--resume"),
 ]
 
 
@@ -134,7 +167,7 @@ def _fill(argv: list[str], w: dict) -> list[str]:
     return [a.format(root=w["root"], ckpt=w["ckpt"], data=w["data"]) for a in argv]
 
 
-@pytest.mark.parametrize("case,argv,named", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
+@pytest.mark.parametrize("case,argv,named", TRAIN_CASES, ids=[(c.values if hasattr(c, "marks") else c)[0] for c in TRAIN_CASES])
 def test_train_bad_input(world, capsys, case, argv, named):
     argv = _fill(argv, world)
     if "--out" not in argv:
@@ -184,12 +217,20 @@ EVAL_CASES = [
     ("max-images-negative", ["--checkpoint", "{ckpt}", "--max-images", "-1"], "--max-images"),
     ("n-objects-zero", ["--checkpoint", "{ckpt}", "--n-objects", "0"], "--n-objects"),
     ("split-unknown", ["--checkpoint", "{ckpt}", "--split", "dev"], "--split"),
+    ("checkpoint-empty-file", ["--checkpoint", "{root}/empty.pt"], "empty.pt"),
+    ("checkpoint-config-nan", ["--checkpoint", "{root}/nan_config.pt"], "contrastive.weight"),
+    ("dataset-a-file", ["--checkpoint", "{ckpt}", "--dataset", "{root}/a_file"], "a_file"),
+    ("dataset-manifest-a-list", ["--checkpoint", "{ckpt}", "--dataset", "{root}/list_manifest"], "list_manifest"),
+    ("device-tpu", ["--checkpoint", "{ckpt}", "--device", "tpu"], "'tpu'"),
+    ("device-cuda-out-of-range", ["--checkpoint", "{ckpt}", "--device", "cuda:99"], "'cuda:99'"),
+    ("batch-size-text", ["--checkpoint", "{ckpt}", "--batch-size", "ten"], "--batch-size"),
 ]
 
 
 @pytest.mark.parametrize("case,argv,named", EVAL_CASES, ids=[c[0] for c in EVAL_CASES])
 def test_evaluate_bad_input(world, capsys, case, argv, named):
-    line = run_bad(evaluate_cmd.main, _fill(argv, world) + ["--device", "cpu"], world["root"], capsys)
+    argv = _fill(argv, world)
+    line = run_bad(evaluate_cmd.main, argv if "--device" in argv else argv + ["--device", "cpu"], world["root"], capsys)
     assert named in line
 
 
@@ -238,12 +279,20 @@ DATA_CASES = [
     ("info-missing", ["info", "{root}/nowhere"], "nowhere"),
     ("info-not-a-dataset", ["info", "{root}/user_dir"], "user_dir"),
     ("info-a-file", ["info", "{root}/a_file"], "a_file"),
+    ("info-manifest-a-list", ["info", "{root}/list_manifest"], "list_manifest"),
+    ("info-manifest-empty", ["info", "{root}/empty_manifest"], "empty_manifest"),
+    ("no-subcommand", [], "command"),
+    ("generate-out-under-a-file", ["generate", "tetrominoes", "--n", "10", "--out", "{root}/a_file/sub"], "a_file/sub"),
+    ("emorl-no-groups", ["import-emorl", "{root}/no_groups.h5", "--name", "tetrominoes", "--out", "{root}/g"], "no_groups.h5"),
+    ("emorl-a-directory", ["import-emorl", "{root}/empty_dir", "--name", "tetrominoes", "--out", "{root}/g"], "empty_dir"),
+    ("tfrecord-empty-file", ["import-tfrecord", "{root}/empty.tfrecord", "--name", "tetrominoes", "--out", "{root}/g"],
+     "empty.tfrecord"),
 ]
 
 
 @pytest.mark.parametrize("case,argv,named", DATA_CASES, ids=[c[0] for c in DATA_CASES])
 def test_data_bad_input(world, capsys, case, argv, named):
-    line = run_bad(data_cmd.main, _fill(argv, world) + ["--quiet"], world["root"], capsys)
+    line = run_bad(data_cmd.main, _fill(argv, world) + (["--quiet"] if argv else []), world["root"], capsys)
     assert named in line
 
 
@@ -349,6 +398,20 @@ STUDY_CASES = [
      "contrastive.weight.gt"),
     ("base-unknown-dataset", "base: {profile: tiny}\ndata: {dataset: nope}\nspace:\n  model.decoder: {choice: [upsample]}\n",
      "'nope'"),
+    ("empty-file", "", "empty study file"),
+    ("a-yaml-list", "- base\n- space\n", "got list"),
+    ("python-text", "import os\nprint('hi')\n", "got str"),
+    ("values-as-a-list", "base: {profile: tiny}\nspace:\n  model.decoder: [upsample, transpose]\n", "space.model.decoder"),
+    ("objective-metric-typo", STUDY_OK + "objective: {metric: val_ari, mode: max}\n", "'val_ari'"),
+    ("profile-typo", "base: {profile: tinyy}\nspace:\n  model.decoder: {choice: [upsample]}\n", "did you mean 'tiny'?"),
+    ("positives-never-with-top-k", STUDY_OK + "  contrastive.dec_positives: {choice: [1, 8]}\n  contrastive.dec_top_k: {choice: [8, 4]}\n",
+     "contrastive.dec_positives=8, contrastive.dec_top_k=4"),
+    ("positives-bound-past-top-k-bound", STUDY_OK + "  contrastive.dec_positives: {int: [1, 9]}\n  contrastive.dec_top_k: {int: [5, 12]}\n",
+     "contrastive.dec_positives=9, contrastive.dec_top_k=5"),
+    ("batch-vs-searched-train-size", STUDY_OK + "  train.batch_size: {choice: [16, 300]}\n  data.n_train: {choice: [400, 100]}\n",
+     "train.batch_size=300, data.n_train=100"),
+    ("bound-outside-config-range", STUDY_OK + "  model.phase_noise: {uniform: [0.0, 4.0]}\n", "model.phase_noise"),
+    ("resolution-too-small", STUDY_OK + "  data.resolution: {choice: [32, 3]}\n", "data.resolution=3"),
 ]
 
 
@@ -368,6 +431,15 @@ def test_run_refuses_bad_study_before_ray(search_root, capsys, case, text, named
     assert named in line and f.name in line
 
 
+def test_study_values_kept_apart_by_a_condition_are_accepted():
+    """dec_positives 8 never meets dec_top_k 4: the condition keeps them apart, so the study is valid."""
+    from search.space import parse_study
+
+    study = parse_study(STUDY_OK + "  contrastive.dec_top_k: {choice: [10, 4]}\n  contrastive.dec_positives:\n"
+                        "    choice: [1, 8]\n    when: {contrastive.dec_top_k: {ge: 8}}\n", source="ok.yaml")
+    assert [p.key for p in study.params][-2:] == ["contrastive.dec_top_k", "contrastive.dec_positives"]
+
+
 @pytest.mark.parametrize("argv,named", [
     (["--space", "{root}/binary.yaml"], "binary.yaml"),
     (["--space", "{root}/missing.yaml"], "missing.yaml"),
@@ -375,11 +447,19 @@ def test_run_refuses_bad_study_before_ray(search_root, capsys, case, text, named
     (["--space", "{root}/ok.yaml", "--num-samples", "0"], "--num-samples"),
     (["--space", "{root}/ok.yaml", "--max-concurrent", "-1"], "--max-concurrent"),
     (["--space", "{root}/ok.yaml", "--tracking-uri", "http://127.0.0.1:9"], "127.0.0.1:9"),
-], ids=["binary", "missing", "directory", "num-samples-zero", "max-concurrent-negative", "server-unreachable"])
+    (["--space", "{root}/ok.yaml", "--tracking-uri", "foo"], "'foo'"),
+    (["--space", "{root}/ok.yaml", "--num-cpus", "0"], "--num-cpus"),
+    (["--space", "{root}/workers.yaml", "--num-cpus", "2"], "--num-cpus"),
+    pytest.param(["--space", "{root}/gpu.yaml"], "gpus_per_worker",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+], ids=["binary", "missing", "directory", "num-samples-zero", "max-concurrent-negative", "server-unreachable",
+        "tracking-uri-not-a-uri", "num-cpus-zero", "more-workers-than-cpus", "gpus-on-a-machine-without"])
 def test_run_bad_arguments(search_root, capsys, argv, named):
     from search import run as run_cmd
 
     (search_root / "ok.yaml").write_text(STUDY_OK)
+    (search_root / "gpu.yaml").write_text(STUDY_OK + "resources: {gpus_per_worker: 1}\n")
+    (search_root / "workers.yaml").write_text(STUDY_OK + "resources: {workers: 3, cpus_per_worker: 1}\n")
     argv = [a.format(root=search_root) for a in argv]
     if "--tracking-uri" not in argv:
         argv += ["--tracking-uri", f"sqlite:///{search_root}/m.db"]
@@ -450,7 +530,14 @@ def serve():
     ("workers-zero", ["--workers", "0", "--dry-run"], "--workers"),
     ("data-dir-under-a-file", ["--data-dir", "{root}/a_file/sub", "--port", "5999"], "Not a directory"),
     ("production-without-settings", ["--mode", "production", "--dry-run"], "MLFLOW_"),
-], ids=["port-zero", "workers-zero", "data-dir-under-a-file", "production-without-settings"])
+    ("port-text", ["--port", "abc", "--dry-run"], "--port"),
+    ("port-too-big", ["--port", "99999", "--dry-run"], "--port"),
+    ("unknown-flag", ["--bogus"], "--bogus"),
+    ("local-postgres", ["--backend-store-uri", "postgresql://u:pw@h/db", "--dry-run"], "--backend-store-uri"),
+    ("public-host-local", ["--host", "0.0.0.0", "--dry-run"], "--host 0.0.0.0"),
+    ("data-dir-a-file", ["--data-dir", "{root}/a_file", "--port", "5999"], "a_file"),
+], ids=["port-zero", "workers-zero", "data-dir-under-a-file", "production-without-settings", "port-text", "port-too-big",
+        "unknown-flag", "local-postgres", "public-host-local", "data-dir-a-file"])
 def test_serve_bad_input(serve, tmp_path, capsys, monkeypatch, case, argv, named):
     for key in list(os.environ):
         if key.startswith(("MLFLOW_", "CTCAE_MLFLOW")):
@@ -462,5 +549,87 @@ def test_serve_bad_input(serve, tmp_path, capsys, monkeypatch, case, argv, named
     except SystemExit as exc:  # argparse
         rc = exc.code
     err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[serve.py] ")]
     assert rc == 2 and "Traceback" not in err and named in err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert_two_part(lines[0])
+    assert "pw@" not in err  # the password is redacted
     assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------- ordinary paths, Ctrl-C and SIGKILL
+def test_paths_with_spaces_work(world, tmp_path, capsys):
+    """Nothing splits a path on spaces: train into one, evaluate from it, generate into one."""
+    out = tmp_path / "my runs" / "first run"
+    argv = _fill(["--config", "{root}/cfg.yaml"], world) + ["--out", str(out), "--no-progress"]
+    assert train_cmd.main(argv) == 0
+    assert evaluate_cmd.main(["--checkpoint", str(out / "checkpoint_last.pt"), "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n_images"] == 8
+    ds = tmp_path / "my data"
+    assert data_cmd.main(["generate", "tetrominoes", "--n", "4", "--n-test", "2", "--out", str(ds), "--quiet"]) == 0
+    assert read_manifest(ds)["splits"]["test"]["n"] == 2
+
+
+def _wait_for(predicate, timeout: float = 120.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow  # a real interpreter, trained until Ctrl-C, then resumed
+def test_ctrl_c_during_train_leaves_a_resumable_checkpoint(world, tmp_path, capsys):
+    import signal
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ctcae_core.train", "--config", str(world["root"] / "cfg.yaml"), "--set", "train.steps=100000",
+           "--set", "train.eval_every=100000", "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CTCAE_DEBUG": ""})
+    # config.json is written once Ctrl-C is handled: the run then stops after its step in progress
+    _wait_for(lambda: (out / "config.json").exists() or proc.poll() is not None)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and f"--resume {out / 'checkpoint_last.pt'}" in lines[0], err
+    payload = torch.load(out / "checkpoint_last.pt", weights_only=False)
+    step = payload["step"]
+    assert step >= 1 and f"after step {step} of 100000" in lines[0]
+    # whole files only: no temporary, no best checkpoint or metrics without an evaluation
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint_last.pt", "config.json"]
+    argv = ["--config", str(world["root"] / "cfg.yaml"), "--set", f"train.steps={step + 2}", "--out", str(out),
+            "--resume", str(out / "checkpoint_last.pt"), "--no-progress"]
+    assert train_cmd.main(argv) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == step + 2
+
+
+@pytest.mark.slow  # a real interpreter killed with SIGKILL mid-way
+def test_sigkill_during_overwrite_leaves_a_temp_dir_the_next_run_clears(world, tmp_path):
+    import signal
+    import socket
+
+    ds = _copy_dataset(world["data"], tmp_path / "ds")
+    foreign = tmp_path / ".ds.tmp-1-deadbeef"  # named like ours, no marker: not ours to delete
+    foreign.mkdir()
+    live = tmp_path / f".ds.tmp-{os.getpid()}-cafebabe"  # ours, but its writer (this process) still runs
+    live.mkdir()
+    (live / ".ctcae-staging.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "target": "ds"}))
+    cmd = [sys.executable, "-m", "ctcae_core.data", "generate", "tetrominoes", "--n", "50000", "--n-test", "10", "--out",
+           str(ds), "--overwrite", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def staged() -> list[Path]:
+        return [p for p in tmp_path.glob(f".ds.tmp-{proc.pid}-*") if (p / ".ctcae-staging.json").exists()]
+
+    _wait_for(lambda: staged() or proc.poll() is not None)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    left = staged()
+    assert len(left) == 1 and read_manifest(ds)["kind"] == "generated"  # the old dataset is intact
+    assert data_cmd.main(["generate", "tetrominoes", "--n", "6", "--n-test", "2", "--out", str(ds), "--overwrite", "--quiet"]) == 0
+    assert not left[0].exists() and foreign.is_dir() and live.is_dir()
+    assert read_manifest(ds)["splits"]["test"]["n"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ds", foreign.name, live.name])

@@ -26,6 +26,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import time
 import uuid
 import warnings
@@ -38,7 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, pid_alive, remove_stale_temporaries
 from .base import SceneBatch, chunk_rng
 
 FORMAT = "ctcae-dataset"
@@ -181,7 +182,8 @@ def verify_shards(directory: Path, manifest: dict, shards: list[str] | None = No
 
 
 # ---------------------------------------------------------------- what --overwrite may replace
-_OUR_HIDDEN = re.compile(r"^\.(spec\.json|.*\.tmp-\d+-[0-9a-f]{8})$")  # generate's spec, atomic_path's temporaries
+# generate's spec, a staging directory's marker, atomic_path's temporaries
+_OUR_HIDDEN = re.compile(r"^\.(spec\.json|ctcae-staging\.json|.*\.tmp-\d+-[0-9a-f]{8})$")
 _SHARD = re.compile(r"^(train|val|test)-\d{5}\.parquet$")
 
 
@@ -236,8 +238,13 @@ def read_manifest(directory: Path) -> dict:
         m = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc}); regenerate the dataset directory") from exc
+    if not isinstance(m, dict):
+        raise DatasetError(f"{path}: holds a JSON {type(m).__name__}, not a manifest; pass a directory written by ctcae_core.data")
     if m.get("format") != FORMAT:
         raise DatasetError(f"{path}: key 'format' is {m.get('format')!r}, not {FORMAT!r}; pass a directory written by ctcae_core.data")
+    missing = [k for k in ("name", "kind", "height", "width", "resolution", "splits", "counts") if k not in m]
+    if missing or not isinstance(m["splits"], dict):
+        raise DatasetError(f"{path}: a damaged manifest (missing or malformed {missing or ['splits']}); regenerate the dataset")
     return m
 
 
@@ -356,6 +363,7 @@ def generate_dataset(
     }
     spec_path = out_dir / ".spec.json"
     check_replaceable(out_dir)  # before anything is deleted: a directory holding the user's files is refused
+    remove_stale_temporaries(out_dir)  # half-written shards of a killed run
     resume = spec_path.exists() and json.loads(spec_path.read_text()) == spec
     if not resume:
         (out_dir / MANIFEST).unlink(missing_ok=True)
@@ -492,16 +500,67 @@ def ensure_generated(
 
 
 # ---------------------------------------------------------------- imported datasets
+STAGING_MARKER = ".ctcae-staging.json"  # inside a staging directory: who writes it, for what
+
+
+def _staging_names(out_dir: Path) -> re.Pattern:
+    return re.compile(rf"^\.{re.escape(out_dir.name)}\.(tmp|old)-(\d+)-[0-9a-f]{{8}}$")
+
+
+def remove_stale_staging(out_dir: Path) -> list[str]:
+    """Clear what a killed import or ``generate --overwrite`` left beside ``out_dir``.
+
+    A staging directory ``.NAME.tmp-PID-XXXXXXXX`` whose marker names this machine, ``NAME`` and a
+    process that no longer runs is deleted. A ``.NAME.old-PID-XXXXXXXX`` (the previous dataset,
+    moved aside for the instant of the swap) of a dead process goes back to ``NAME`` when ``NAME``
+    is missing, else it is deleted if it is a directory this project wrote. Nothing else is
+    touched: another name, no marker, another machine or a live process. Returns the names removed
+    or restored.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.parent.is_dir():
+        return []
+    pattern, done = _staging_names(out_dir), []
+    for p in sorted(out_dir.parent.iterdir()):
+        m = pattern.match(p.name)
+        if not m or not p.is_dir() or p.is_symlink() or pid_alive(int(m.group(2))):
+            continue
+        if m.group(1) == "tmp":
+            try:
+                marker = json.loads((p / STAGING_MARKER).read_text())
+            except (OSError, ValueError):
+                continue
+            if marker.get("host") != socket.gethostname() or marker.get("target") != out_dir.name:
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+        elif not out_dir.exists():
+            os.replace(p, out_dir)
+        else:
+            try:
+                check_replaceable(p)
+            except DatasetError:
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+        done.append(p.name)
+    return done
+
+
 @contextlib.contextmanager
 def staging_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
-    """A temporary sibling of `out_dir`, renamed to it on success, removed on failure."""
+    """A temporary sibling of `out_dir`, renamed to it on success, removed on failure.
+
+    A killed run's staging directory is cleared first (``remove_stale_staging``).
+    """
     out_dir = Path(out_dir)
+    remove_stale_staging(out_dir)
     if out_dir.exists() and not overwrite:
         raise DatasetError(f"{out_dir}: already exists; pass --overwrite to replace it, or choose another --out")
     check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
+    marker = {"pid": os.getpid(), "host": socket.gethostname(), "target": out_dir.name}
+    (tmp / STAGING_MARKER).write_text(json.dumps(marker))
     try:
         yield tmp
     except BaseException:
@@ -511,6 +570,7 @@ def staging_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
     if out_dir.exists():
         check_replaceable(out_dir)  # again: something may have been added while we wrote
         os.replace(out_dir, old)
+    (tmp / STAGING_MARKER).unlink()
     os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
 
