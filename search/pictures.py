@@ -5,8 +5,9 @@ evaluation. On rank 0, search/trainable.py passes that directory to ``EvalPictur
 the phase maps, segmentations and the summary panel of the first validation images
 (``ctcae_core.evaluate.write_pictures``) into ``<checkpoint_dir>/pictures/``, so they travel to
 the driver inside the reported checkpoint. There ``read_pictures`` finds them again and
-search/tracking.py logs them as MLflow images (key ``phase_maps``, ``segmentation``, ``panel``,
-with the evaluation's step), which the UI shows side by side across trials and over steps.
+search/tracking.py logs them as MLflow images (keys ``pictures/panel``, ``pictures/phase_maps``,
+``pictures/segmentation``, with the evaluation's step), which the UI shows side by side across
+trials and over steps, in a section of their own above the metric charts.
 
 At most ``MAX_PICTURE_STEPS`` evaluations of a run are drawn (evenly spread, the last one
 always), so a long run logs a bounded number of images. Imports neither Ray nor MLflow.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 PICTURES_DIR = "pictures"  # inside a reported checkpoint directory
+IMAGE_SECTION = "pictures"  # MLflow image keys pictures/<name>: their own section, above the metric charts
 MAX_PICTURE_STEPS = 8  # evaluations drawn per run
 PICTURE_IMAGES = 8  # validation images per picture
 _NAME = re.compile(r"(?P<key>[a-z_]+)_step(?P<step>\d+)\.png")

@@ -161,9 +161,11 @@ class Tracker:
 
         from PIL import Image
 
+        from search.pictures import IMAGE_SECTION
+
         for key, step, png in pictures:
             with Image.open(io.BytesIO(png)) as im:
-                self.client.log_image(run_id, im.convert("RGB"), key=key, step=step)
+                self.client.log_image(run_id, im.convert("RGB"), key=f"{IMAGE_SECTION}/{key}", step=step)
 
     def end(self, run_id: str, status: str, reason: str | None = None) -> None:
         """End a run: FINISHED, FAILED or KILLED, with the reason as a tag."""
@@ -176,6 +178,8 @@ class Tracker:
 
 
 _OFF_CHARTS = {"is_best"}  # result keys that are not worth a chart of their own
+_RUN_FACTS = ("best_step", "world_size", "n_nodes")  # one number per trial: tags ctcae.<key>, not single-point charts
+OBJECTIVE_SECTION = "objective"
 
 
 def metrics_of(result: dict[str, Any]) -> dict[str, float]:
@@ -243,9 +247,12 @@ class MlflowStudyCallback(Callback):
         if result.get(FINAL_KEY):
             return  # the final test summary is logged at completion
         metrics = {k: v for k, v in metrics_of(result).items() if k not in _OFF_CHARTS}
-        # the objectives first: MLflow lists a run's metrics in the order they were first logged
-        # (the run page's table, Compare's first metric axis)
-        metrics = {**{m: metrics[m] for m in self.study.objective.metrics if m in metrics}, **metrics}
+        # The objectives first: MLflow lists a run's metrics in the order they were first logged
+        # (the run page's table, Compare's first metric axis). Their curves once more as
+        # objective/<metric>: the chart view sorts a section's charts by name but shows sections
+        # named by a key's prefix above "Model metrics", so these open the trials' charts.
+        objectives = {m: metrics[m] for m in self.study.objective.metrics if m in metrics}
+        metrics = {**objectives, **metrics, **{f"{OBJECTIVE_SECTION}/{m}": v for m, v in objectives.items()}}
         self.tracker.log_metrics(self._run_id(trial), metrics, result.get("step"))
         if result.get("checkpoint_path"):  # TuneReportCallback: the path of rank 0's reported checkpoint
             self._log_pictures(trial, result["checkpoint_path"])
@@ -293,6 +300,9 @@ class MlflowStudyCallback(Callback):
         test = {k: v for k, v in metrics_of(last).items()
                 if (not k.startswith(("val_", "best_val_")) and k != FINAL_KEY) or k in keep_best}
         best_step = int(last.get("best_step", 0))
+        for k in _RUN_FACTS:
+            if k in test:
+                self.tracker.client.set_tag(run_id, f"ctcae.{k}", str(int(test.pop(k))))
         self.tracker.log_metrics(run_id, test, best_step)
         path = last.get("checkpoint_path")  # rank 0's final report: config, test metrics, PNGs
         if path:

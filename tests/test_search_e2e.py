@@ -125,7 +125,11 @@ def test_mlflow_parent_and_children(smoke_run: dict) -> None:
         # MLflow images: the three pictures at each evaluation with its step (search/pictures.py)
         images = [a.path.split("/")[-1] for a in client.list_artifacts(child.info.run_id, "images")]
         logged = {(n.split("+")[0], int(n.split("+")[2])) for n in images if n.endswith(".png")}  # key+step+N+...
-        assert logged == {(k, s) for k in ("panel", "phase_maps", "segmentation") for s in (10, 20)}, images
+        assert logged == {(f"pictures~{k}", s) for k in ("panel", "phase_maps", "segmentation") for s in (10, 20)}, images
+        # the objective's curve once more in a section of its own; run facts as tags, not charts
+        objective = client.get_metric_history(child.info.run_id, "objective/val_ari_fg")
+        assert [(x.step, x.value) for x in objective] == [(x.step, x.value) for x in client.get_metric_history(child.info.run_id, "val_ari_fg")]
+        assert "best_step" not in m and int(ctags["ctcae.best_step"]) in (10, 20) and ctags["ctcae.world_size"] == "1"
         pngs = [a.path for a in client.list_artifacts(child.info.run_id, "pngs")]
         assert any("phase_maps" in n for n in pngs) and any("segmentation" in n for n in pngs)
         local = client.download_artifacts(child.info.run_id, pngs[0])
