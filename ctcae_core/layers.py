@@ -20,7 +20,7 @@ PHASE_EPS = 1e-8  # |Im psi| below this is set to eps before arg(), so atan2 gra
 
 def _guarded_im(im: Tensor) -> Tensor:
     """Im psi as the angle sees it: entries with |Im psi| < PHASE_EPS set to +PHASE_EPS."""
-    return torch.where(im.abs() < PHASE_EPS, torch.full_like(im, PHASE_EPS), im)
+    return im.masked_fill(im.abs() < PHASE_EPS, PHASE_EPS)
 
 
 class _PolarToStacked(torch.autograd.Function):
@@ -29,7 +29,15 @@ class _PolarToStacked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, m: Tensor, phi: Tensor) -> Tensor:
         ctx.save_for_backward(m, phi)
-        return torch.cat([m * torch.cos(phi), m * torch.sin(phi), m], dim=0)
+        b = m.shape[0]
+        # Written in place into one buffer: no torch.cat copy of the three parts.
+        cl = m.dim() == 4 and not m.is_contiguous() and m.is_contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        out = torch.empty((3 * b, *m.shape[1:]), dtype=torch.result_type(m, phi), device=m.device, memory_format=fmt)
+        torch.mul(m, torch.cos(phi), out=out[:b])
+        torch.mul(m, torch.sin(phi), out=out[b : 2 * b])
+        out[2 * b :].copy_(m)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
@@ -69,11 +77,14 @@ class _ComplexActivation(torch.autograd.Function):
         r = torch.hypot(re, im)
         half_gm_over_r = torch.where(r > 0, 0.5 * g_m / r, torch.zeros_like(r))
         # arg of the guarded copy: d/d re = -im_g / r_g^2; d/d im = re / r_g^2 where not guarded.
-        im_g = _guarded_im(im)
+        guarded = im.abs() < PHASE_EPS
+        im_g = im.masked_fill(guarded, PHASE_EPS)
         g_phi_over_r2 = g_phi / (re * re + im_g * im_g)
-        g_re = half_gm_over_r * re - g_phi_over_r2 * im_g
-        g_im = half_gm_over_r * im + torch.where(im.abs() < PHASE_EPS, torch.zeros_like(re), g_phi_over_r2 * re)
-        return torch.cat([g_re, g_im, 0.5 * g_m], dim=0)
+        grad = torch.empty_like(out)
+        torch.sub(half_gm_over_r * re, g_phi_over_r2 * im_g, out=grad[:b])
+        torch.add(half_gm_over_r * im, (g_phi_over_r2 * re).masked_fill_(guarded, 0.0), out=grad[b : 2 * b])
+        torch.mul(g_m, 0.5, out=grad[2 * b :])
+        return grad
 
 
 def apply_complex(
@@ -83,9 +94,10 @@ def apply_complex(
 
     psi = f(Re z) + i f(Im z); chi = f(|z|); m' = 0.5 (|psi| + b_m) + 0.5 (chi + b_m);
     phi' = arg(psi) + b_phi. The three maps share one call of ``f`` on a 3x batch.
-    m, phi: (b, ...) real; returns (m', phi') before the norm and ReLU.
+    m, phi: (b, ...) real; returns (m', phi') float32 before the norm and ReLU.
     """
-    m_out, phi_out = _ComplexActivation.apply(f(_PolarToStacked.apply(m, phi)))
+    # Under autocast f runs in bf16/fp16; the polar arithmetic (|psi|, arg psi) stays fp32.
+    m_out, phi_out = _ComplexActivation.apply(f(_PolarToStacked.apply(m, phi)).float())
     return m_out + magnitude_bias, phi_out + phase_bias
 
 
@@ -102,9 +114,14 @@ def wrap_phase(m: Tensor, phi: Tensor) -> Tensor:
     # start (1e-8) to the float spacing at pi (2.4e-7), which angle() does not.
     inside = (phi > -math.pi) & (phi <= math.pi)
     wrapped = torch.where(inside, phi, torch.remainder(phi + math.pi, 2 * math.pi) - math.pi)
+    dead_mask = ~(m > 0)
     with torch.no_grad():
-        dead = (m.detach() * torch.exp(1j * phi.detach())).angle()
-    return torch.where(m > 0, wrapped, dead)
+        # The complex exp only where it is needed (the dead units), with the same ops per entry.
+        md, pd = m.detach()[dead_mask], phi.detach()[dead_mask]
+        dead = (md * torch.exp(1j * pd)).angle()
+    if dead.numel() == 0:
+        return wrapped
+    return wrapped.masked_scatter(dead_mask, dead)
 
 
 def _biases(n_out: int, fan_in: int, shape: tuple[int, ...]) -> tuple[nn.Parameter, nn.Parameter]:
