@@ -18,6 +18,7 @@ carries its config, so loading rebuilds the model from it alone.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -156,8 +157,13 @@ def save_checkpoint(out: Path, payload: dict[str, Any], summary: dict[str, Any],
 
 def save_last(out: Path, payload: dict[str, Any]) -> None:
     """Write ``checkpoint_last.pt`` alone (atomically): what an interrupted run resumes from."""
-    with atomic_path(out / LAST_FILE) as tmp:
-        torch.save(payload, tmp)
+    try:
+        with atomic_path(out / LAST_FILE) as tmp:
+            torch.save(payload, tmp)
+    except RuntimeError as exc:  # torch reports a failed write (a full disk) as a RuntimeError
+        free = shutil.disk_usage(out).free
+        code = errno.ENOSPC if free < (64 << 20) else errno.EIO
+        raise OSError(code, f"{os.strerror(code)} ({free >> 20} MiB free)", str(out / LAST_FILE)) from exc
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -73,6 +73,8 @@ def describe(exc: BaseException) -> str:
     The project's own errors carry their "; what to do" part; another library's error (an MLflow
     client's, an OS error without a path) gets a generic one.
     """
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not getattr(exc, "filename", None):
+        return "no space left on device; free some space or write elsewhere, then run the command again"
     if isinstance(exc, OSError) and not isinstance(exc, UserError) and getattr(exc, "filename", None):
         what = exc.strerror or type(exc).__name__
         if exc.errno == errno.ENOSPC:

@@ -28,7 +28,7 @@ from search.names import (
     default_tracking_uri,
 )
 from search.redact import redact
-from search.space import StudyError, load_study
+from search.space import STUDY_NAME, StudyError, load_study
 from search.study import Study
 from search.reach import TrackingError, check_tracking_uri
 
@@ -97,6 +97,8 @@ def configure(args: argparse.Namespace) -> Study:
         if args.max_concurrent < 1:
             raise StudyError(f"--max-concurrent: got {args.max_concurrent}; give an integer >= 1")
         search = replace(search, max_concurrent=args.max_concurrent)
+    if args.name is not None and not STUDY_NAME.fullmatch(args.name):
+        raise StudyError(f"--name {args.name!r}: not a valid study name; use letters, digits, '_', '-', '.'")
     name = args.name or study.name
     return replace(study, name=name, search=search)
 
@@ -106,7 +108,7 @@ def optuna_storage_url(args: argparse.Namespace, storage: str) -> str:
     if url:
         return url
     if "://" in storage:
-        raise StudyError("--storage is a URI: give the Optuna storage with --optuna-storage or CTCAE_OPTUNA_STORAGE")
+        raise StudyError("--storage is a URI, where no Optuna SQLite file can live; give the Optuna storage with --optuna-storage or CTCAE_OPTUNA_STORAGE")
     return f"sqlite:///{Path(storage) / 'optuna.db'}"
 
 

@@ -99,6 +99,7 @@ TOP_LEVEL = ("name", "description", "base", "data", "space", "objective", "searc
 SMOKE_PROFILE = "tiny"
 DATA_KEYS = ("data.dataset", "data.n_train", "train.batch_size")  # searched values checked against the data
 SMOKE_MAX_SAMPLES = 4
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # also a directory and an Optuna study name
 COMBINATIONS_ALL = 256  # up to this many value combinations are all checked; beyond, every pair
 
 
@@ -182,7 +183,7 @@ class _Parser:
         try:
             key_type(key)
         except ConfigError as e:
-            raise self.err(f"{where}.{key}", f"not a field of ExperimentConfig ({e})") from None
+            raise self.err(f"{where}.{key}", str(e)) from None
         return key
 
     def feasible(self, where: str, cfg: ExperimentConfig) -> None:
@@ -218,7 +219,7 @@ class _Parser:
             raise self.err("top level", f"empty study file; give the sections {list(TOP_LEVEL)} (at least base and space)")
         name = raw.get("name", Path(self.source).stem)
         self.typed("name", name, str, "a string")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        if not STUDY_NAME.fullmatch(name):
             raise self.err("name", f"{name!r} is not a valid name; use letters, digits, '_', '-', '.'")
         description = self.typed("description", raw.get("description", ""), str, "a string")
 

@@ -160,6 +160,9 @@ TRAIN_CASES = [
     ("set-device-cuda-out-of-range", ["--profile", "tiny", "--set", "train.device=cuda:99"], "'cuda:99'"),
     ("resume-empty-file", ["--config", "{root}/cfg.yaml", "--resume", "{root}/empty.pt"], "empty.pt"),
     ("out-holds-an-earlier-run", ["--config", "{root}/cfg.yaml", "--out", "{root}/run"], "--resume"),
+    ("dataset-range-beyond-max", ["--profile", "tiny", "--set", "data.dataset=tetrominoes:5-12"], "n_objects (5, 12)"),
+    ("eval-images-zero", ["--profile", "tiny", "--set", "train.eval_images=0"], "train.eval_images"),
+    ("layers-two-values", ["--profile", "tiny", "--set", "contrastive.layers=both,decoder"], "contrastive.layers"),
 ]
 
 
@@ -449,11 +452,12 @@ def test_study_values_kept_apart_by_a_condition_are_accepted():
     (["--space", "{root}/ok.yaml", "--tracking-uri", "http://127.0.0.1:9"], "127.0.0.1:9"),
     (["--space", "{root}/ok.yaml", "--tracking-uri", "foo"], "'foo'"),
     (["--space", "{root}/ok.yaml", "--num-cpus", "0"], "--num-cpus"),
+    (["--space", "{root}/ok.yaml", "--name", "my study!"], "--name 'my study!'"),
     (["--space", "{root}/workers.yaml", "--num-cpus", "2"], "--num-cpus"),
     pytest.param(["--space", "{root}/gpu.yaml"], "gpus_per_worker",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
 ], ids=["binary", "missing", "directory", "num-samples-zero", "max-concurrent-negative", "server-unreachable",
-        "tracking-uri-not-a-uri", "num-cpus-zero", "more-workers-than-cpus", "gpus-on-a-machine-without"])
+        "tracking-uri-not-a-uri", "num-cpus-zero", "name-not-a-name", "more-workers-than-cpus", "gpus-on-a-machine-without"])
 def test_run_bad_arguments(search_root, capsys, argv, named):
     from search import run as run_cmd
 
@@ -505,7 +509,10 @@ def test_report_and_evaluate_give_up_on_the_tracking_server(search_root, capsys,
     ("bare-state-dict", ["--checkpoint", "{root}/state_dict.pt"], "bare state_dict"),
     ("empty-split", ["--checkpoint", "{ckpt}", "--n-objects", "7", "--device", "cpu"], "no image"),
     ("batch-size-zero", ["--checkpoint", "{ckpt}", "--batch-size", "0"], "--batch-size"),
-], ids=["checkpoint-missing", "not-a-checkpoint", "bare-state-dict", "empty-split", "batch-size-zero"])
+    ("dataset-unknown", ["--checkpoint", "{ckpt}", "--dataset", "nope", "--device", "cpu"], "'nope'"),
+    ("device-tpu", ["--checkpoint", "{ckpt}", "--device", "tpu"], "'tpu'"),
+], ids=["checkpoint-missing", "not-a-checkpoint", "bare-state-dict", "empty-split", "batch-size-zero", "dataset-unknown",
+        "device-tpu"])
 def test_search_evaluate_bad_checkpoint(world, capsys, case, argv, named):
     from search import evaluate as search_evaluate
 
@@ -633,3 +640,27 @@ def test_sigkill_during_overwrite_leaves_a_temp_dir_the_next_run_clears(world, t
     assert not left[0].exists() and foreign.is_dir() and live.is_dir()
     assert read_manifest(ds)["splits"]["test"]["n"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ds", foreign.name, live.name])
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 256 KiB tmpfs: writes fail with ENOSPC (root only; skipped where mount is refused)."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("cmd", ["train", "generate"])
+def test_full_disk_is_named_and_leaves_nothing(world, full_disk, capsys, cmd):
+    if cmd == "train":
+        argv = _fill(["--config", "{root}/cfg.yaml"], world) + ["--out", str(full_disk / "run"), "--no-progress"]
+        main = train_cmd.main
+    else:
+        argv = ["generate", "tetrominoes", "--n", "2000", "--n-test", "10", "--out", str(full_disk / "ds"), "--quiet"]
+        main = data_cmd.main
+    line = run_bad(main, argv, full_disk, capsys)
+    assert str(full_disk) in line and "No space left on device" in line and "free some space" in line
