@@ -21,6 +21,10 @@ def child(args: argparse.Namespace) -> dict:
     from ctcae_core.config import get_profile
     from ctcae_core.contrastive import contrastive_loss
     from ctcae_core.model import build_model
+    from ctcae_core.train import precision_context
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     cfg = get_profile(f"{args.variant}_tetrominoes{args.suffix}")
     device = torch.device(args.device)
@@ -28,25 +32,33 @@ def child(args: argparse.Namespace) -> dict:
     model = build_model(cfg.model, 32).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     batch, _ = tetromino_batch(args.batch_size)
-    images = batch["image"].to(device)
+    images = batch["image"].to(device)  # resident on the device, as a study's batches are
+    scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
     gen = torch.Generator().manual_seed(0)
 
     def step() -> None:
-        out = model(images)
-        loss = F.mse_loss(out.recon, images)
+        with precision_context(args.precision, device):
+            out = model(images)
+        loss = F.mse_loss(out.recon.float(), images)
         if cfg.contrastive.enabled:
             loss = loss + cfg.contrastive.weight * contrastive_loss(
                 out.enc_magnitude, out.enc_phase, out.out_magnitude, out.out_phase, cfg.contrastive, gen
             )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
 
     med, times = median_time(step, args.repeats, warmup=1)
     res = {"step_s": round(med, 4), "times": [round(t, 4) for t in times], "peak_rss_mb": round(peak_rss_mb(), 1),
-           "threads": torch.get_num_threads(), "profile": cfg.name}
+           "threads": torch.get_num_threads(), "profile": cfg.name,
+           "precision": args.precision}
     if device.type == "cuda":
         res["gpu"] = torch.cuda.get_device_name()
         res["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -60,6 +72,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="train.precision (fp16: CUDA only)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -69,11 +83,13 @@ def main() -> None:
     out = {}
     for v in args.variants:
         out[v] = run_child(__file__, ["--variant", v, "--suffix", args.suffix, "--batch-size", str(args.batch_size),
-                                      "--repeats", str(args.repeats), "--device", args.device])
+                                      "--repeats", str(args.repeats), "--device", args.device,
+                                      "--precision", args.precision, "--threads", str(args.threads)])
         print(f"{v}: {out[v]}", file=sys.stderr, flush=True)
     if "ctcae" in out and "caepp" in out:
         out["ctcae_over_caepp"] = round(out["ctcae"]["step_s"] / out["caepp"]["step_s"], 3)
-    out["settings"] = {"batch_size": args.batch_size, "resolution": 32, "suffix": args.suffix, "device": args.device}
+    out["settings"] = {"batch_size": args.batch_size, "resolution": 32, "suffix": args.suffix, "device": args.device,
+                       "precision": args.precision, "threads": args.threads}
     print(json.dumps(out))
 
 

@@ -1,0 +1,68 @@
+"""train.precision: low-precision linear maps with the phase arithmetic kept in fp32 (issue 13).
+
+bf16 is tested on the CPU (torch's CPU autocast); fp16 needs CUDA and is refused elsewhere. The
+stated tolerance, on the paper's layer structure at small widths at initialisation: the loss within
+1% of fp32 (measured 0.01-0.35%). The gradient does NOT keep fp32's direction closely (cosine of
+the weight gradients 0.69 at the paper's symmetric start, 0.88 with phase_bias_init=pi): at the
+start the phase terms are rounding-level (docs/model.md), so bf16 changes the early dynamics and
+is not for runs meant to reproduce the paper's numbers; the test only pins cosine >= 0.6.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ctcae_core.config import ConfigError, ContrastiveConfig, ExperimentConfig, ModelConfig, TrainConfig
+from ctcae_core.contrastive import contrastive_loss
+from ctcae_core.model import build_model
+from ctcae_core.train import precision_context
+
+SMALL = ModelConfig(enc_channels=(8, 8, 16, 16, 16), linear_dim=16, decoder="upsample", out_conv=False, out_sigmoid=False)
+CC = ContrastiveConfig(weight=1e-4, enc_anchors=4, enc_top_k=1, enc_negatives=2, enc_bottom_m=2,
+                       dec_anchors=20, dec_top_k=5, dec_negatives=20, dec_bottom_m=100)
+
+
+def _loss_and_grad(precision: str, images: torch.Tensor, cfg: ModelConfig) -> tuple[float, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = build_model(cfg, 32)
+    with precision_context(precision, torch.device("cpu")):
+        out = model(images)
+    loss = F.mse_loss(out.recon.float(), images)
+    loss = loss + CC.weight * contrastive_loss(out.enc_magnitude, out.enc_phase, out.out_magnitude, out.out_phase,
+                                               CC, torch.Generator().manual_seed(0))
+    loss.backward()
+    grad = torch.cat([p.grad.flatten() for n, p in model.named_parameters() if n.endswith("weight")])
+    return float(loss), grad, out.out_phase
+
+
+@pytest.mark.slow  # bf16 convs are emulated on AVX2 CPUs (tens of times slower than fp32)
+@pytest.mark.parametrize("phase_bias_init", [0.0, 3.14])
+def test_bf16_loss_within_stated_tolerance_phases_fp32(phase_bias_init):
+    cfg = dataclasses.replace(SMALL, phase_bias_init=phase_bias_init)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    loss32, g32, phase32 = _loss_and_grad("fp32", images, cfg)
+    loss16, g16, phase16 = _loss_and_grad("bf16", images, cfg)
+    assert phase32.dtype == torch.float32 and phase16.dtype == torch.float32  # phase arithmetic in fp32
+    assert abs(loss16 - loss32) <= 0.01 * abs(loss32)
+    assert float(F.cosine_similarity(g16, g32, dim=0)) >= 0.6
+    assert loss16 != loss32  # the option did change the arithmetic: the test compares two things
+
+
+def test_fp32_is_the_default_and_bit_identical_to_no_autocast():
+    assert TrainConfig().precision == "fp32"
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(0)
+    model = build_model(SMALL, 32)
+    with precision_context("fp32", torch.device("cpu")):
+        a = model(images).recon
+    assert torch.equal(a, model(images).recon)
+
+
+def test_precision_values_checked():
+    with pytest.raises(ConfigError, match="train.precision"):
+        ExperimentConfig.from_dict({"train": {"precision": "fp8"}})
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        precision_context("fp16", torch.device("cpu"))
