@@ -335,8 +335,12 @@ def finish(args: argparse.Namespace, study: Study, results: Any, tracker: Any, p
     print(f"[ctcae] study {study.name}: {counts}, wall time {wall:.1f} s", flush=True)
     if "overhead_s" in df and df["overhead_s"].notna().any():
         o = df["overhead_s"].dropna()
+        parts = [f"{name} {df[col].dropna().mean():.1f} s" for col, name in
+                 (("worker_start_s", "worker start"), ("test_time_s", "test evaluation"))
+                 if col in df and df[col].notna().any()]
         print(f"[ctcae] per-trial overhead (trial wall time - training time): mean {o.mean():.1f} s, "
-              f"min {o.min():.1f} s, max {o.max():.1f} s over {len(o)} trials", flush=True)
+              f"min {o.min():.1f} s, max {o.max():.1f} s over {len(o)} trials"
+              + (f"; of it, mean {', '.join(parts)}" if parts else ""), flush=True)
     # the study's figures as tags: metrics of the parent run would join every trial chart
     summary = {"wall_s": f"{wall:.1f}", "n_trials": len(trials), **{f"n_{k}": v for k, v in counts.items()}}
     for k, v in summary.items():
