@@ -186,11 +186,11 @@ def test_mlflow_ui_in_chromium(smoke_run: dict) -> None:
     """mlflow/serve.py on the study's runs, opened in headless Chromium: the printed link shows
     the trials by name, a trial's page shows its MLflow images (what mlflow/README.md walks through)."""
     from conftest import SERVER_ROOTS, free_port, kill_group, wait_http
-    from mlflow_ui import images_loaded, page_text, wait_text, wait_until
 
     from search.runview import runs_url
 
-    drv = _browser_or_skip()
+    drv = _browser_or_skip()  # puts scripts/ on sys.path
+    from mlflow_ui import images_loaded, page_text, wait_text, wait_until
     port = free_port()
     log = open(smoke_run["work"] / "serve.log", "w")
     serve = subprocess.Popen([sys.executable, str(ROOT / "mlflow" / "serve.py"), "--data-dir", str(SERVER_ROOTS[smoke_run["uri"]]),
@@ -208,7 +208,7 @@ def test_mlflow_ui_in_chromium(smoke_run: dict) -> None:
         drv.get(f"{url}/#/experiments/{exp_id}/runs/{trial.info.run_id}/model-metrics?workflowType=machine_learning")
         wait_text(drv, [trial.info.run_name])
         n = wait_until(drv, images_loaded, "an MLflow image of the trial")
-        srcs = drv.execute_script("return Array.from(document.images).map(i => i.src)")
+        srcs = drv.execute_script("return Array.from(document.images).map(i => decodeURIComponent(i.src))")
         assert n >= 1 and any("images" in s and "panel" in s for s in srcs), srcs
     finally:
         drv.quit()
