@@ -6,8 +6,8 @@
 Drives Debian's ``chromium`` through its ``chromedriver`` (packages ``chromium`` and
 ``chromium-driver``; scripts/setup.sh installs them) with selenium, offline. The MLflow UI is a
 JavaScript app: every step waits until the text it shows is on the page. The screenshots are
-reduced to a small palette, so the whole walk-through stays a few hundred KB. tests/test_mlflow_ui.py
-uses the same helpers on a study of its own.
+reduced to a small palette, so the whole walk-through stays a few hundred KB.
+tests/test_search_e2e.py (test_mlflow_ui_in_chromium) uses the same helpers on a study of its own.
 """
 from __future__ import annotations
 
@@ -86,6 +86,20 @@ def images_loaded(drv: Any, min_width: int = 60) -> int:
         " && i.naturalWidth >= arguments[0]).length", min_width)
 
 
+def show_step(drv: Any, step: int) -> int:
+    """Set every image card's step box to ``step``; returns how many were set. MLflow 3.17's image
+    cards open at step 0, where the trials logged no picture (their first evaluation is later), and
+    draw nothing until the slider or the box picks a logged step."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    boxes = [b for b in drv.find_elements(By.CSS_SELECTOR, "input") if b.get_attribute("value") == "0"]
+    for box in boxes:
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(str(step), Keys.ENTER)
+    return len(boxes)
+
+
 def screenshot(drv: Any, path: Path, colors: int = 64) -> Path:
     """The window as a PNG with a small palette (a UI screenshot needs few colours)."""
     from PIL import Image
@@ -135,6 +149,7 @@ def walk(drv: Any, url: str, experiment: str, out: Path) -> list[tuple[Path, str
     exp_id, runs = trials(url, experiment)
     names = [r.info.run_name for r in runs]
     imaged = next(r for r in runs if r.info.status == "FINISHED")
+    last_step = int(imaged.data.tags.get("ctcae.best_step", 20))  # a step that has pictures
     shots: list[tuple[Path, str]] = []
     ml = "?workflowType=machine_learning"
 
@@ -154,16 +169,18 @@ def walk(drv: Any, url: str, experiment: str, out: Path) -> list[tuple[Path, str
          link.replace("searchFilter=", "searchFilter=tags.search.decoder%20%3D%20%27upsample%27%20and%20"),
          lambda d: all(n in page_text(d) for n in upsample[:1]) and "matching run" in page_text(d), True),
         ("3-charts.png", "Chart view: the objective's curve, one line per trial, then the trials' pictures",
-         link + "&compareRunsMode=CHART", lambda d: "objective/val_ari_fg" in page_text(d) and images_loaded(d) > 0, False),
+         link + "&compareRunsMode=CHART", lambda d: "objective/val_ari_fg" in page_text(d) and "pictures/panel" in page_text(d), False),
         ("4-trial.png", "a trial: its params (searched and key values only), Created by, Source, commit, search tags",
          f"{trial}{ml}", lambda d: imaged.info.run_name in page_text(d) and "run.py" in page_text(d), False),
         ("5-trial-images.png", "the trial's pictures by step: panel (rows labelled), phase maps, segmentation",
-         f"{trial}/model-metrics{ml}", lambda d: images_loaded(d) > 0, False),
+         f"{trial}/model-metrics{ml}", lambda d: "pictures/panel" in page_text(d), False),
         ("6-compare.png", "Compare: parallel coordinates of searched params against the objective, trials by name",
          compare_url(url, exp_id, [r.info.run_id for r in runs]),
          lambda d: names[0] in page_text(d) and "Parallel Coordinates Plot" in page_text(d), False),
     ]
     for name, what, address, ready, widen in steps:
+        pictures = name.startswith(("3-", "5-"))
+        drv.set_window_size(WINDOW[0], 1500 if pictures else WINDOW[1])  # picture cards are drawn only in view
         drv.get(address)
         try:
             wait_until(drv, ready, what)
@@ -172,6 +189,12 @@ def walk(drv: Any, url: str, experiment: str, out: Path) -> list[tuple[Path, str
             continue
         if widen:
             widen_run_names(drv)
+        if pictures:
+            show_step(drv, last_step)
+            try:
+                wait_until(drv, images_loaded, f"{name}: a picture at step {last_step}", timeout=60)
+            except TimeoutError as e:
+                print(f"warning: {e}", file=sys.stderr)
         shot(name, what)
     return shots
 

@@ -177,7 +177,7 @@ def _browser_or_skip():
     from mlflow_ui import BrowserMissing, browser
 
     try:
-        return browser()
+        return browser((1400, 1500))  # tall enough that the trial page's picture cards are drawn
     except BrowserMissing as e:
         pytest.skip(f"no headless Chromium: {e}")
 
@@ -190,7 +190,7 @@ def test_mlflow_ui_in_chromium(smoke_run: dict) -> None:
     from search.runview import runs_url
 
     drv = _browser_or_skip()  # puts scripts/ on sys.path
-    from mlflow_ui import images_loaded, page_text, wait_text, wait_until
+    from mlflow_ui import images_loaded, page_text, show_step, wait_text, wait_until
     port = free_port()
     log = open(smoke_run["work"] / "serve.log", "w")
     serve = subprocess.Popen([sys.executable, str(ROOT / "mlflow" / "serve.py"), "--data-dir", str(SERVER_ROOTS[smoke_run["uri"]]),
@@ -206,7 +206,8 @@ def test_mlflow_ui_in_chromium(smoke_run: dict) -> None:
         assert "smoke" not in page_text(drv).split("Run Name", 1)[-1].split("matching runs")[0]  # no parent row
         trial = next(c for c in children if c.info.status == "FINISHED")
         drv.get(f"{url}/#/experiments/{exp_id}/runs/{trial.info.run_id}/model-metrics?workflowType=machine_learning")
-        wait_text(drv, [trial.info.run_name])
+        wait_text(drv, [trial.info.run_name, "pictures/panel"])
+        assert show_step(drv, 20) >= 3  # the image cards open at step 0; the pictures are at 10 and 20
         n = wait_until(drv, images_loaded, "an MLflow image of the trial")
         srcs = drv.execute_script("return Array.from(document.images).map(i => decodeURIComponent(i.src))")
         assert n >= 1 and any("images" in s and "panel" in s for s in srcs), srcs
