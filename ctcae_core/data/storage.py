@@ -560,7 +560,8 @@ def staging_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     marker = {"pid": os.getpid(), "host": socket.gethostname(), "target": out_dir.name}
-    (tmp / STAGING_MARKER).write_text(json.dumps(marker))
+    with atomic_path(tmp / STAGING_MARKER) as part:  # whole or absent: a kill mid-write leaves no empty marker
+        part.write_text(json.dumps(marker))
     try:
         yield tmp
     except BaseException:
