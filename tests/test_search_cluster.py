@@ -141,8 +141,8 @@ def test_study_on_two_node_cluster_with_two_train_workers(two_node_cluster: str,
     for c in children:
         assert c.info.status == "FINISHED", c.data.tags
         m = c.data.metrics
-        assert m["world_size"] == 2  # DDP across two Ray Train workers ...
-        assert m["n_nodes"] == 2  # ... placed on the two nodes
+        assert float(c.data.tags["ctcae.world_size"]) == 2  # DDP across two Ray Train workers ...
+        assert float(c.data.tags["ctcae.n_nodes"]) == 2  # ... placed on the two nodes (run facts are tags)
         assert "test_ari_fg" in m
         # metrics are all-reduced across the workers: one history, one value per evaluation
         assert [x.step for x in client.get_metric_history(c.info.run_id, "val_mse")] == [10, 20]
