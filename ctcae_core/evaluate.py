@@ -83,13 +83,16 @@ def evaluate_checkpoint(
     device: str = "auto",
     max_images: int | None = None,
     seed: int = 0,
+    pictures: str | Path | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint and evaluate it on ``dataset`` (default: the one it was trained on).
 
     ``n_objects`` restricts the evaluation to scenes with these object counts (default: all).
     Each count of ``by_n_objects`` (default: ``n_objects``) is also evaluated on its own, in
     ``result["by_n_objects"][str(k)]`` (``{"n_images": 0}`` when the split has no such scene).
-    ``seed`` seeds the k-means of the phase clustering.
+    ``seed`` seeds the k-means of the phase clustering. With ``pictures`` (a directory), the
+    pictures of ``write_pictures`` are also drawn there, by the same model on the same split, and
+    their paths listed in ``result["pictures"]``.
     """
     model, cfg, _ = load_checkpoint(checkpoint)
     dev = resolve_device(device)
@@ -106,6 +109,8 @@ def evaluate_checkpoint(
         only = f" with n_objects in {list(n_objects)}" if n_objects else ""
         raise DatasetError(f"dataset {spec}: the {split} split has no image{only}; choose another split or object count")
     result.update(run(ds))
+    if pictures is not None:
+        result["pictures"] = [str(p) for p in write_pictures(model, ds, pictures, device=dev, seed=seed)]
     if counts:
         result["by_n_objects"] = {}
         for k in counts:
@@ -184,14 +189,8 @@ def _main(argv: list[str] | None) -> int:
         raise cli.UserError(f"--pictures {args.pictures}: is a file, not a directory; choose another --pictures")
     result = evaluate_checkpoint(
         args.checkpoint, args.dataset, n_objects=args.n_objects, split=args.split,
-        batch_size=args.batch_size, device=args.device, max_images=args.max_images,
+        batch_size=args.batch_size, device=args.device, max_images=args.max_images, pictures=args.pictures,
     )
-    if args.pictures is not None:
-        model, cfg, _ = load_checkpoint(args.checkpoint)
-        dev = resolve_device(args.device)
-        ds = open_split(cfg.data, args.split, list(args.n_objects) or None, dataset=args.dataset or cfg.data.dataset)
-        paths = write_pictures(model.to(dev), ds, args.pictures, device=dev)
-        result["pictures"] = [str(p) for p in paths]
     print(json.dumps(cli.json_safe(result), sort_keys=True, allow_nan=False))
     return 0
 
