@@ -96,8 +96,34 @@ def show_step(drv: Any, step: int) -> int:
     boxes = [b for b in drv.find_elements(By.CSS_SELECTOR, "input") if b.get_attribute("value") == "0"]
     for box in boxes:
         box.send_keys(Keys.CONTROL, "a")
-        box.send_keys(str(step), Keys.ENTER)
+        box.send_keys(str(step), Keys.ENTER, Keys.TAB)  # the box commits on Enter or blur; Tab makes sure
+    drv.execute_script("document.activeElement && document.activeElement.blur()")  # no focus ring in a picture
     return len(boxes)
+
+
+def taller_picture_cards(drv: Any, by: int = 300) -> int:
+    """Drag the resize handle of each row of image cards down by ``by`` px; returns how many rows.
+    MLflow 3.17 sizes a card for a line chart: the run's params fill the top of an image card and
+    the picture below them is cut off, wide panels to a strip and taller ones to nothing."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    handles = drv.execute_script(
+        "const card = '[data-testid=\"experiment-view-compare-runs-card\"]';"
+        "return [...document.querySelectorAll('[data-testid=\"draggable-card-resize-handle\"]')].filter(h => {"
+        "  let p = h.parentElement; while (p && !p.querySelector(card)) p = p.parentElement;"
+        "  return p && p.querySelector(card).innerText.startsWith('pictures/'); });")
+    firsts: dict[int, Any] = {}  # resizing one card resizes its whole row: one handle per row
+    for h in handles:
+        y = h.location["y"]
+        if not any(abs(y - r) < 40 for r in firsts):
+            firsts[y] = h
+    for _, h in sorted(firsts.items(), key=lambda kv: -kv[0]):  # bottom row first: the others stay put
+        drv.execute_script("arguments[0].scrollIntoView({block: 'center'})", h)  # the drag stays in the window
+        ActionChains(drv).click_and_hold(h).move_by_offset(0, by // 2).move_by_offset(0, by - by // 2).release().perform()
+        time.sleep(1)
+    drv.execute_script(  # back to the top left, as the page opened (scrollIntoView moved every scroller)
+        "for (const e of document.querySelectorAll('*')) { if (e.scrollTop) e.scrollTop = 0; if (e.scrollLeft) e.scrollLeft = 0; }")
+    return len(firsts)
 
 
 def screenshot(drv: Any, path: Path, colors: int = 64) -> Path:
@@ -125,9 +151,12 @@ def trials(uri: str, experiment: str) -> tuple[str, list[Any]]:
 
 def quiet(drv: Any, url: str) -> None:
     """Keep MLflow's assistant panel closed (it opens itself on a fresh browser and covers the runs)."""
+    closed = ("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+              "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');")
     drv.get(f"{url}/")
-    drv.execute_script("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
-                       "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');")
+    drv.execute_script(closed)
+    time.sleep(3)  # the app's first load may open the panel and write its own state after ours
+    drv.execute_script(closed)
 
 
 def widen_run_names(drv: Any, by: int = 240) -> None:
@@ -180,7 +209,9 @@ def walk(drv: Any, url: str, experiment: str, out: Path) -> list[tuple[Path, str
     ]
     for name, what, address, ready, widen in steps:
         pictures = name.startswith(("3-", "5-"))
-        drv.set_window_size(WINDOW[0], 1500 if pictures else WINDOW[1])  # picture cards are drawn only in view
+        # picture cards are drawn only in view; in Chart view three cards share what the runs list
+        # leaves, and a narrower card cuts the 256 px pictures off at the right
+        drv.set_window_size(1900 if name.startswith("3-") else WINDOW[0], 1500 if pictures else WINDOW[1])
         drv.get(address)
         try:
             wait_until(drv, ready, what)
@@ -190,6 +221,7 @@ def walk(drv: Any, url: str, experiment: str, out: Path) -> list[tuple[Path, str
         if widen:
             widen_run_names(drv)
         if pictures:
+            taller_picture_cards(drv)
             show_step(drv, last_step)
             try:
                 wait_until(drv, images_loaded, f"{name}: a picture at step {last_step}", timeout=60)

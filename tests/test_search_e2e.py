@@ -190,7 +190,7 @@ def test_mlflow_ui_in_chromium(smoke_run: dict) -> None:
     from search.runview import runs_url
 
     drv = _browser_or_skip()  # puts scripts/ on sys.path
-    from mlflow_ui import images_loaded, page_text, show_step, wait_text, wait_until
+    from mlflow_ui import images_loaded, page_text, show_step, taller_picture_cards, wait_text, wait_until
     port = free_port()
     log = open(smoke_run["work"] / "serve.log", "w")
     serve = subprocess.Popen([sys.executable, str(ROOT / "mlflow" / "serve.py"), "--data-dir", str(SERVER_ROOTS[smoke_run["uri"]]),
@@ -207,10 +207,13 @@ def test_mlflow_ui_in_chromium(smoke_run: dict) -> None:
         trial = next(c for c in children if c.info.status == "FINISHED")
         drv.get(f"{url}/#/experiments/{exp_id}/runs/{trial.info.run_id}/model-metrics?workflowType=machine_learning")
         wait_text(drv, [trial.info.run_name, "pictures/panel"])
-        assert show_step(drv, 20) >= 3  # the image cards open at step 0; the pictures are at 10 and 20
-        n = wait_until(drv, images_loaded, "an MLflow image of the trial")
+        assert wait_until(drv, taller_picture_cards, "the picture cards") == 1  # one row of three, made taller
+        assert show_step(drv, 20) == 3  # the image cards open at step 0; the pictures are at 10 and 20
+        n = wait_until(drv, lambda d: images_loaded(d) >= 3 and images_loaded(d), "the trial's three MLflow images")
         srcs = drv.execute_script("return Array.from(document.images).map(i => decodeURIComponent(i.src))")
-        assert n >= 1 and any("images" in s and "panel" in s for s in srcs), srcs
+        for key in ("panel", "phase_maps", "segmentation"):
+            assert any(f"images/pictures~{key}+step+20+" in s for s in srcs), (key, srcs)
+        assert n == 3, srcs
     finally:
         drv.quit()
         kill_group(serve)
