@@ -57,6 +57,8 @@ def main() -> int:
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp16"], help="fp16: CUDA only")
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
+    if args.precision == "fp16" and not args.device.startswith("cuda"):
+        p.error("--precision fp16 needs --device cuda (fp16 autocast is CUDA only)")
     missing = [str(c) for c in args.checkpoint if not c.is_file()]
     if missing:
         p.error(f"no such checkpoint file: {', '.join(missing)}")
