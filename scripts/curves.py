@@ -133,6 +133,57 @@ def first_crossing(rows: list[dict[str, Any]], threshold: float) -> dict[str, An
     return None
 
 
+def seed_groups(per_run: dict[str, list[dict[str, Any]]]) -> dict[str, dict[int, dict[int, float]]]:
+    """Runs named ``<group>_s<seed>`` by group: {group: {seed: {step: val ARI-FG}}}."""
+    groups: dict[str, dict[int, dict[int, float]]] = {}
+    for name, rows in per_run.items():
+        group, _, seed = name.rpartition("_s")
+        if group and seed.isdigit():
+            groups.setdefault(group, {})[int(seed)] = {int(r["step"]): float(r["val_ari_fg"]) for r in rows}
+    return groups
+
+
+def _mean_std(xs: list[float]) -> str:
+    import statistics
+
+    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+
+
+def seeds_table(per_run: dict[str, list[dict[str, Any]]], steps: tuple[int, ...] = (1000, 1500, 2000, 3000)) -> str:
+    """Validation ARI-FG over seeds at equal steps (mean ± sample std, the seeds that reached the
+    step), for every group of two or more seeds; then CtCAE against CAE++ seed by seed: a seed
+    of both starts from the same weights and sees the same batches, so the difference is the
+    contrastive loss's."""
+    groups = {g: s for g, s in seed_groups(per_run).items() if len(s) > 1}
+    lines = ["| runs | seeds | " + " | ".join(f"step {t}" for t in steps) + " |", "|" + "---|" * (2 + len(steps))]
+    for g, seeds in groups.items():
+        cells = []
+        for t in steps:
+            xs = [c[t] for c in seeds.values() if t in c]
+            cells.append(f"{_mean_std(xs)} (n={len(xs)})" if xs else "–")
+        lines.append(f"| {g}_s* | {','.join(map(str, sorted(seeds)))} | " + " | ".join(cells) + " |")
+    for g, seeds in groups.items():
+        if not g.startswith("ctcae_") or f"caepp_{g[len('ctcae_'):]}" not in groups:
+            continue
+        other = groups[f"caepp_{g[len('ctcae_'):]}"]
+        cells = []
+        for t in steps:
+            diffs = [seeds[k][t] - other[k][t] for k in sorted(set(seeds) & set(other)) if t in seeds[k] and t in other[k]]
+            cells.append(f"{_mean_std(diffs)}, {sum(d > 0 for d in diffs)} of {len(diffs)} > 0" if diffs else "–")
+        lines.append(f"| {g} − caepp, same seed | {','.join(map(str, sorted(set(seeds) & set(other))))} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fill(text: str, tag: str, table: str) -> str:
+    """Put ``table`` between ``<!-- tag -->`` and ``<!-- /tag -->`` (added at the end if missing)."""
+    if f"<!-- {tag} -->" not in text:
+        text += f"\n<!-- {tag} -->\n<!-- /{tag} -->\n"
+    head, _, rest = text.partition(f"<!-- {tag} -->")
+    _, _, tail = rest.partition(f"<!-- /{tag} -->")
+    return f"{head}<!-- {tag} -->\n{table}\n<!-- /{tag} -->{tail}"
+
+
 def write_report(run_root: Path, report_dir: Path = REPORT_DIR) -> Path:
     """curves.csv, curves.png and README.md's table from every run's curve.csv."""
     runs = load_runs(report_dir / "runs.yaml")
@@ -163,10 +214,8 @@ def write_report(run_root: Path, report_dir: Path = REPORT_DIR) -> Path:
                      + f" | {float(last['val_phase_spread']):.3f} |")
     table = "\n".join(lines)
     readme = report_dir / "README.md"
-    text = readme.read_text() if readme.is_file() else "# Learning curves\n\n<!-- table -->\n<!-- /table -->\n"
-    head, _, rest = text.partition("<!-- table -->")
-    _, _, tail = rest.partition("<!-- /table -->")
-    readme.write_text(f"{head}<!-- table -->\n{table}\n<!-- /table -->{tail}")
+    text = readme.read_text() if readme.is_file() else "# Learning curves\n"
+    readme.write_text(_fill(_fill(text, "table", table), "seeds", seeds_table(per_run)))
     return readme
 
 

@@ -1,0 +1,49 @@
+"""scripts/curves.py's seeds table: means and sample stds over seeds, and CtCAE - CAE++ seed by seed."""
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from curves import _fill, seed_groups, seeds_table  # noqa: E402
+
+
+def _rows(name: str, values: dict[int, float]) -> list[dict[str, str]]:
+    return [{"run": name, "step": str(k), "val_ari_fg": str(v)} for k, v in values.items()]
+
+
+RUNS = {
+    "ctcae_small_pbias_s0": _rows("ctcae_small_pbias_s0", {1000: 0.266, 3000: 0.547}),
+    "ctcae_small_pbias_s1": _rows("ctcae_small_pbias_s1", {1000: 0.450, 3000: 0.712}),
+    "ctcae_small_pbias_s2": _rows("ctcae_small_pbias_s2", {1000: 0.349}),  # not yet at 3000
+    "caepp_small_pbias_s0": _rows("caepp_small_pbias_s0", {1000: 0.255, 3000: 0.548}),
+    "caepp_small_pbias_s1": _rows("caepp_small_pbias_s1", {1000: 0.395, 3000: 0.647}),
+    "ctcae_small_s0": _rows("ctcae_small_s0", {1000: 0.061}),  # one seed: no row
+}
+
+
+def test_groups_split_the_seed_off_the_name():
+    g = seed_groups(RUNS)
+    assert set(g) == {"ctcae_small_pbias", "caepp_small_pbias", "ctcae_small"}
+    assert g["ctcae_small_pbias"][2] == {1000: 0.349}
+
+
+def test_table_means_stds_and_paired_differences_match_statistics():
+    lines = seeds_table(RUNS, steps=(1000, 3000)).splitlines()
+    rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in lines[2:]}
+    assert set(rows) == {"ctcae_small_pbias_s*", "caepp_small_pbias_s*", "ctcae_small_pbias − caepp, same seed"}
+    ct = [0.266, 0.450, 0.349]
+    assert f"{statistics.mean(ct):.3f} ± {statistics.stdev(ct):.3f} (n=3)" in rows["ctcae_small_pbias_s*"]
+    assert f"{statistics.mean([0.547, 0.712]):.3f} ± {statistics.stdev([0.547, 0.712]):.3f} (n=2)" in rows["ctcae_small_pbias_s*"]
+    d1000, d3000 = [0.266 - 0.255, 0.450 - 0.395], [0.547 - 0.548, 0.712 - 0.647]
+    paired = rows["ctcae_small_pbias − caepp, same seed"]
+    assert f"{statistics.mean(d1000):.3f} ± {statistics.stdev(d1000):.3f}, 2 of 2 > 0" in paired
+    assert f"{statistics.mean(d3000):.3f} ± {statistics.stdev(d3000):.3f}, 1 of 2 > 0" in paired
+
+
+def test_fill_replaces_between_markers_and_appends_when_missing():
+    assert _fill("a\n<!-- t -->\nold\n<!-- /t -->\nb", "t", "new") == "a\n<!-- t -->\nnew\n<!-- /t -->\nb"
+    assert _fill("a\n", "t", "new") == "a\n\n<!-- t -->\nnew\n<!-- /t -->\n"
