@@ -149,7 +149,7 @@ def _mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
 
 
-def seeds_table(per_run: dict[str, list[dict[str, Any]]], steps: tuple[int, ...] = (1000, 1500, 2000, 3000)) -> str:
+def seeds_table(per_run: dict[str, list[dict[str, Any]]], steps: tuple[int, ...] = (1000, 1500, 2000, 3000, 4500)) -> str:
     """Validation ARI-FG over seeds at equal steps (mean ± sample std, the seeds that reached the
     step), for every group of two or more seeds; then CtCAE against CAE++ seed by seed: a seed
     of both starts from the same weights and sees the same batches, so the difference is the
