@@ -21,7 +21,7 @@ def child(args: argparse.Namespace) -> dict:
     from ctcae_core.config import get_profile
     from ctcae_core.contrastive import contrastive_loss
     from ctcae_core.model import build_model
-    from ctcae_core.train import precision_context
+    from ctcae_core.precision import precision_context
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -17,9 +17,11 @@ import torch.distributed as dist
 from ctcae_core import cli
 from ctcae_core.checkpoint import load_checkpoint, resolve_device
 from ctcae_core.cli import run_main
+from ctcae_core.config import PRECISIONS
 from ctcae_core.data import open_split
 from ctcae_core.data.storage import DatasetError
 from ctcae_core.metrics import MetricAccumulator, cluster_phases, count_label_clusters, evaluate_batch
+from ctcae_core.precision import precision_context
 
 Tensor = torch.Tensor
 
@@ -37,8 +39,12 @@ def evaluate(
     seed: int = 0,
     max_images: int | None = None,
     distributed: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Evaluate ``model`` on the first ``max_images`` images of ``dataset``.
+
+    ``precision`` (``train.precision``'s values) autocasts the model's forward only, as training
+    runs it; k-means, ARI, MSE and phase spread are computed in fp32 either way.
 
     With ``distributed`` (torch.distributed initialised), each rank evaluates a strided share of
     the images and the sums are all-reduced, so every rank returns the same numbers.
@@ -52,6 +58,7 @@ def evaluate(
     was_training = net.training
     net.eval()
     device = torch.device(device)
+    autocast = precision_context(precision, device)  # refuses fp16 off CUDA before any forward
     generator = torch.Generator(device=device).manual_seed(seed)
     acc = MetricAccumulator()
     with torch.inference_mode():
@@ -59,7 +66,8 @@ def evaluate(
             batch = dataset.get_batch(indices[start : start + batch_size])
             images = batch["image"].to(device, non_blocking=True)
             labels = batch["labels"].to(device, non_blocking=True)
-            out = net(images)
+            with autocast:
+                out = net(images)
             metrics = evaluate_batch(
                 images, out.recon, out.out_magnitude, out.out_phase, labels, batch["n_objects"], generator=generator
             )
@@ -84,6 +92,7 @@ def evaluate_checkpoint(
     max_images: int | None = None,
     seed: int = 0,
     pictures: str | Path | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Load a checkpoint and evaluate it on ``dataset`` (default: the one it was trained on).
 
@@ -92,7 +101,8 @@ def evaluate_checkpoint(
     ``result["by_n_objects"][str(k)]`` (``{"n_images": 0}`` when the split has no such scene).
     ``seed`` seeds the k-means of the phase clustering. With ``pictures`` (a directory), the
     pictures of ``write_pictures`` are also drawn there, by the same model on the same split, and
-    their paths listed in ``result["pictures"]``.
+    their paths listed in ``result["pictures"]``. ``precision`` as in ``evaluate`` (the pictures
+    are drawn in fp32).
     """
     model, cfg, _ = load_checkpoint(checkpoint)
     dev = resolve_device(device)
@@ -101,9 +111,11 @@ def evaluate_checkpoint(
     counts = list(n_objects) if by_n_objects is None else list(by_n_objects)
 
     def run(ds: Any) -> dict[str, float]:
-        return evaluate(model, ds, batch_size=batch_size, device=dev, seed=seed, max_images=max_images)
+        return evaluate(
+            model, ds, batch_size=batch_size, device=dev, seed=seed, max_images=max_images, precision=precision
+        )
 
-    result: dict[str, Any] = {"checkpoint": str(checkpoint), "dataset": spec, "split": split}
+    result: dict[str, Any] = {"checkpoint": str(checkpoint), "dataset": spec, "split": split, "precision": precision}
     ds = open_split(cfg.data, split, list(n_objects) or None, dataset=spec)
     if len(ds) == 0:  # the metrics of no image are NaN, which is not JSON
         only = f" with n_objects in {list(n_objects)}" if n_objects else ""
@@ -182,6 +194,8 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--batch-size", type=cli.count(1), default=64)
     parser.add_argument("--max-images", type=cli.count(1), default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                        help="autocast of the model's forward (fp16: CUDA only); the metrics stay fp32")
     parser.add_argument("--pictures", metavar="DIR", default=None,
                         help="also write phase_maps.png, segmentation.png and panel.png of the first 8 images here")
     args = parser.parse_args(argv)
@@ -190,6 +204,7 @@ def _main(argv: list[str] | None) -> int:
     result = evaluate_checkpoint(
         args.checkpoint, args.dataset, n_objects=args.n_objects, split=args.split,
         batch_size=args.batch_size, device=args.device, max_images=args.max_images, pictures=args.pictures,
+        precision=args.precision,
     )
     print(json.dumps(cli.json_safe(result), sort_keys=True, allow_nan=False))
     return 0

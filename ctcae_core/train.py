@@ -35,6 +35,7 @@ from ctcae_core.evaluate import evaluate
 from ctcae_core.cli import run_main
 from ctcae_core.metric_names import BEST_METRIC, TRAIN_LOSSES
 from ctcae_core.model import ComplexAutoEncoder, build_model
+from ctcae_core.precision import precision_context
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
 
@@ -66,23 +67,6 @@ def _stop_after_step(enabled: bool):
         yield flag
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast of the model's linear maps for ``train.precision`` (fp32: nothing).
-
-    Only the convs and linears run in bf16/fp16: the complex layer casts their output back to
-    fp32 before |psi| and arg psi, and the norms and losses see fp32 (docs/model.md). On this
-    project's CPUs (AVX2, no AVX512-BF16) bf16 convs are far slower than fp32: benchmarks/README.md.
-    """
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError(f"train.precision: fp16 needs a CUDA device (got {device}); use bf16 or fp32")
-    return torch.autocast(device.type, dtype=LOW_PRECISION[precision])
 
 
 def open_splits(cfg: ExperimentConfig) -> tuple[Any, Any]:

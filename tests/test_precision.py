@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ctcae_core.config import ConfigError, ContrastiveConfig, ExperimentConfig, ModelConfig, TrainConfig
 from ctcae_core.contrastive import contrastive_loss
 from ctcae_core.model import build_model
-from ctcae_core.train import precision_context
+from ctcae_core.precision import precision_context
 
 SMALL = ModelConfig(enc_channels=(8, 8, 16, 16, 16), linear_dim=16, decoder="upsample", out_conv=False, out_sigmoid=False)
 CC = ContrastiveConfig(weight=1e-4, enc_anchors=4, enc_top_k=1, enc_negatives=2, enc_bottom_m=2,
@@ -66,3 +66,36 @@ def test_precision_values_checked():
         ExperimentConfig.from_dict({"train": {"precision": "fp8"}})
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         precision_context("fp16", torch.device("cpu"))
+
+
+class _Scenes:
+    """A dataset as ``evaluate`` reads it: random images and three-segment label maps."""
+
+    def __init__(self, n: int) -> None:
+        g = torch.Generator().manual_seed(3)
+        self.images = torch.rand(n, 3, 32, 32, generator=g)
+        self.labels = torch.randint(0, 3, (n, 32, 32), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def get_batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"image": self.images[idx], "labels": self.labels[idx], "n_objects": torch.full((len(idx),), 2)}
+
+
+def test_evaluate_precision_autocasts_the_forward_and_keeps_the_metrics_fp32():
+    from ctcae_core.evaluate import evaluate
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(SMALL, phase_bias_init=3.14), 32)
+    scenes = _Scenes(4)
+    fp32 = evaluate(model, scenes, batch_size=2)
+    assert evaluate(model, scenes, batch_size=2, precision="fp32") == fp32  # fp32: the default, unchanged
+    bf16 = evaluate(model, scenes, batch_size=2, precision="bf16")
+    assert bf16["mse"] != fp32["mse"]  # the forward did run under autocast
+    assert abs(bf16["mse"] - fp32["mse"]) <= 0.01 * fp32["mse"]
+    assert {k: type(v) for k, v in bf16.items()} == {k: type(v) for k, v in fp32.items()} and bf16["n_images"] == 4
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        evaluate(model, scenes, precision="fp16")
+    with pytest.raises(ConfigError, match="'fp8'"):
+        evaluate(model, scenes, precision="fp8")

@@ -89,7 +89,7 @@ def test_train_and_evaluate_command_lines(tiny, tmp_path):
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout.strip().splitlines()[-1])
     assert result["n_images"] == 32 and result["count_n3"] == 32 and -1 <= result["ari_fg"] <= 1
-    assert result["by_n_objects"]["3"]["n_images"] == 32
+    assert result["by_n_objects"]["3"]["n_images"] == 32 and result["precision"] == "fp32"
     # --pictures: the three panels of the first 8 test images (32 px tiles upscaled 4x, a legend column)
     names = ["phase_maps.png", "segmentation.png", "panel.png"]
     assert [Path(p).name for p in result["pictures"]] == names and sorted(p.name for p in pictures.iterdir()) == sorted(names)
@@ -100,6 +100,9 @@ def test_train_and_evaluate_command_lines(tiny, tmp_path):
     not_dir = subprocess.run([sys.executable, "-m", "ctcae_core.evaluate", "--checkpoint", str(out / "checkpoint_best.pt"),
                               "--pictures", str(pictures / "panel.png")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert not_dir.returncode == 2 and "--pictures" in not_dir.stderr and "Traceback" not in not_dir.stderr
+    fp16 = subprocess.run([sys.executable, "-m", "ctcae_core.evaluate", "--checkpoint", str(out / "checkpoint_best.pt"),
+                           "--device", "cpu", "--precision", "fp16"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert fp16.returncode == 2 and "fp16 needs a CUDA device" in fp16.stderr and "Traceback" not in fp16.stderr
     bad = subprocess.run([sys.executable, "-m", "ctcae_core.train", "--profile", "tiny", "--set", "model.decodr=x",
                           "--out", str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "model.decodr" in bad.stderr and "decoder" in bad.stderr

@@ -1,0 +1,29 @@
+"""``train.precision``: the autocast that training, evaluation and the benchmarks share.
+
+Only the convs and linears run in bf16/fp16: the complex layer casts their output back to fp32
+before |psi| and arg psi, and the norms, losses, k-means and ARI see fp32 (docs/model.md). On this
+project's CPUs (AVX2, no AVX512-BF16) bf16 convs are far slower than fp32: benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ctcae_core.config import PRECISIONS, ConfigError
+
+LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast of the model's linear maps for ``precision`` (fp32: nothing).
+
+    fp16 is refused off CUDA (a ConfigError naming the device), as is an unknown precision.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision: {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.precision: fp16 needs a CUDA device (got {device}); use bf16 or fp32")
+    return torch.autocast(device.type, dtype=LOW_PRECISION[precision])
