@@ -156,6 +156,9 @@ class TrainConfig:
     # "fp32" | "bf16" | "fp16": the dtype of the linear maps (convs, linears) under autocast; the
     # phase arithmetic, norms and losses stay fp32 (docs/model.md). fp16 only on CUDA (loss scaling).
     precision: str = "fp32"
+    # Off the CPU, hold the train and val splits on the training device (uint8) and gather each
+    # batch there, instead of copying it from host memory every step. No effect on the CPU.
+    data_on_device: bool = True
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "eval_every", "eval_images", "log_every"):

@@ -139,6 +139,8 @@ def fit(
         )
     with _stop_after_step(not _is_dist()) as stop:  # from here on, Ctrl-C stops after a whole step
         run = _start(config, Path(out_dir), resume)
+        if tc.data_on_device:
+            train_ds, val_ds = train_ds.to(run.device), val_ds.to(run.device)
         bar = tqdm(total=tc.steps, initial=run.start_step, desc=config.name, disable=not progress or run.rank != 0,
                    dynamic_ncols=True)
         summary = _loop(run, train_ds, val_ds, report, bar, stop)

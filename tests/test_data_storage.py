@@ -57,6 +57,19 @@ def test_open_generated_dataset_items_and_batches(cache):
     assert set(torch.unique(b["labels"]).tolist()) == {0, 1, 2, 3}
 
 
+def test_dataset_on_a_device_gathers_batches_there(cache):
+    """train.data_on_device: the split moves once and each batch is gathered on its device. The
+    meta device stands in for a GPU here: no data, but every tensor op must run on it."""
+    ds = open_dataset("tetrominoes", "train", 32, n_train=200, n_test=20, seed=0, cache_dir=cache)
+    assert ds.to("cpu") is ds  # no copy where the split already is
+    on_meta = ds.to("meta")
+    assert on_meta.images.dtype == torch.uint8 and len(on_meta) == len(ds) and on_meta.resolution == ds.resolution
+    b = on_meta.get_batch(torch.tensor([5, 0, 7]))  # CPU indices follow the data
+    assert {t.device.type for t in b.values()} == {"meta"}
+    assert b["image"].shape == (3, 3, 32, 32) and b["image"].dtype == torch.float32 and b["labels"].dtype == torch.int64
+    assert ds.device.type == "cpu" and on_meta.device.type == "meta"
+
+
 def test_manifest_and_cache_reuse(cache):
     d1 = ensure_generated("tetrominoes", n_train=200, n_test=20, seed=0, cache_dir=cache)
     m = read_manifest(d1)

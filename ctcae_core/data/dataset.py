@@ -71,9 +71,25 @@ class MultiObjectDataset(Dataset):
             "n_objects": int(self.n_objects[i]),
         }
 
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device: str | torch.device) -> "MultiObjectDataset":
+        """This split with its tensors on ``device`` (images stay uint8, 3 bytes a pixel); batches
+        are then gathered and converted there, with no host-to-device copy per step."""
+        device = torch.device(device)
+        if self.images.device == device:
+            return self
+        return MultiObjectDataset(
+            self.images.to(device), self.labels.to(device), self.n_objects.to(device), self.index.to(device),
+            name=self.name, split=self.split, manifest=self.manifest, path=self.path,
+        )
+
     def get_batch(self, indices: torch.Tensor | Sequence[int] | np.ndarray) -> dict:
-        """Stacked items: image (b, 3, h, w) float32, labels (b, h, w) int64, n_objects (b,) int64."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
+        """Stacked items: image (b, 3, h, w) float32, labels (b, h, w) int64, n_objects (b,) int64,
+        on the dataset's device."""
+        idx = torch.as_tensor(indices, dtype=torch.long).to(self.images.device)
         return {
             "image": self.images.index_select(0, idx).float().div_(255.0),
             "labels": self.labels.index_select(0, idx).long(),
