@@ -289,9 +289,14 @@ def build_tuner(args: argparse.Namespace, study: Study, uri: str, parent: str, p
 
     runtime = TrialRuntime(study=study, train_storage=f"{paths.experiment}/train_runs", metric=study.objective.metric,
                            mode=study.objective.mode)
-    # The trial driver only waits on its TorchTrainer: it holds no CPU, the workers do (a token
-    # byte of memory, because Tune refuses an all-zero resource request).
-    trainable = tune.with_resources(tune.with_parameters(run_trial, runtime=runtime), {"CPU": 0, "memory": 1})
+    res = study.resources
+    if res.in_process:  # the trial process trains: it holds the worker's resources itself
+        held = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker > 0 else {})}
+    else:
+        # The trial driver only waits on its TorchTrainer: it holds no CPU, the workers do (a token
+        # byte of memory, because Tune refuses an all-zero resource request).
+        held = {"CPU": 0, "memory": 1}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, runtime=runtime), held)
     if args.resume:
         return tune.Tuner.restore(paths.experiment, trainable, resume_unfinished=True, resume_errored=False)
     return tune.Tuner(
@@ -311,7 +316,10 @@ def build_tuner(args: argparse.Namespace, study: Study, uri: str, parent: str, p
             storage_path=paths.storage,
             callbacks=[MlflowStudyCallback(uri, args.experiment or study.name, parent, study, provenance_tags(git_commit(ROOT))),
                        TrialClock(paths.trial_times)],
-            failure_config=tune.FailureConfig(max_failures=0),  # Train retries workers; a failed trial stays failed
+            # Train retries its workers; an in-process trial is retried by Tune, from its last checkpoint
+            failure_config=tune.FailureConfig(max_failures=res.max_failures if res.in_process else 0),
+            # in-process trials keep their last two checkpoints in Tune (the test's best is kept by the trial)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2) if res.in_process else None,
         ),
     )
 

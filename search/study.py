@@ -103,6 +103,9 @@ class ResourcesSpec:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     max_failures: int = 2
+    # One worker trained inside the Tune trial process itself (no Ray Train worker group to start;
+    # the process and its imports are reused from trial to trial where Tune reuses actors).
+    in_process: bool = False
 
 
 @dataclass(frozen=True)

@@ -254,21 +254,20 @@ class MlflowStudyCallback(Callback):
         objectives = {m: metrics[m] for m in self.study.objective.metrics if m in metrics}
         metrics = {**objectives, **metrics, **{f"{OBJECTIVE_SECTION}/{m}": v for m, v in objectives.items()}}
         self.tracker.log_metrics(self._run_id(trial), metrics, result.get("step"))
-        if result.get("checkpoint_path"):  # TuneReportCallback: the path of rank 0's reported checkpoint
-            self._log_pictures(trial, result["checkpoint_path"])
+        checkpoint = reported_checkpoint(trial, result)
+        if checkpoint is not None:
+            self._log_pictures(trial, checkpoint)
 
-    def _log_pictures(self, trial: Any, path: str) -> None:
+    def _log_pictures(self, trial: Any, checkpoint: Any) -> None:
         """An evaluation's pictures (search/pictures.py) as MLflow images of the trial's run."""
-        from ray.train import Checkpoint
-
         from search.pictures import read_pictures
 
         try:
-            pictures = read_pictures(Checkpoint(path))
+            pictures = read_pictures(checkpoint)
             if pictures:
                 self.tracker.log_images(self._run_id(trial), pictures)
         except Exception as e:  # noqa: BLE001 - pictures are a view; a lost one must not fail the study
-            print(f"[ctcae] trial {trial.trial_id}: pictures of {redact(path)} not logged: {e}", flush=True)
+            print(f"[ctcae] trial {trial.trial_id}: pictures of {redact(str(checkpoint.path))} not logged: {e}", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_id(trial)
@@ -304,13 +303,26 @@ class MlflowStudyCallback(Callback):
             if k in test:
                 self.tracker.client.set_tag(run_id, f"ctcae.{k}", str(int(test.pop(k))))
         self.tracker.log_metrics(run_id, test, best_step)
-        path = last.get("checkpoint_path")  # rank 0's final report: config, test metrics, PNGs
-        if path:
-            from ray.train import Checkpoint
-
+        checkpoint = reported_checkpoint(trial, last)  # the final report's: config, test metrics, PNGs
+        if checkpoint is not None:
             with tempfile.TemporaryDirectory() as tmp:
-                local = Checkpoint(path).to_directory(tmp)
+                local = checkpoint.to_directory(tmp)
                 self.tracker.log_artifacts(run_id, local)
+
+
+def reported_checkpoint(trial: Any, result: dict[str, Any]) -> Any:
+    """The checkpoint reported with a trial's result, or None: rank 0's Ray Train checkpoint
+    (``checkpoint_path``, from TuneReportCallback) or, for a trial that trains in its own process
+    (``resources.in_process``), the Tune checkpoint named by ``checkpoint_dir_name``."""
+    from ray.train import Checkpoint
+
+    if result.get("checkpoint_path"):
+        return Checkpoint(result["checkpoint_path"])
+    name = result.get("checkpoint_dir_name")
+    if name:
+        storage = trial.storage
+        return Checkpoint(f"{storage.trial_fs_path}/{name}", filesystem=storage.storage_filesystem)
+    return None
 
 
 def failure_reason(trial: Any) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -206,15 +207,21 @@ def _finite(v: Any) -> bool:
 
 
 def run_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
-    """Tune function trainable: fit one TorchTrainer for this trial's config."""
+    """Tune function trainable: fit one TorchTrainer for this trial's config (or, with
+    ``resources.in_process``, train right here: ``train_in_process``)."""
+    t0 = time.time()
+    study = runtime.study
+    cfg = study.resolve(config)
+    res = study.resources
+    if res.in_process:
+        train_in_process(cfg, runtime, t0)
+        return
+
     import ray.tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    study = runtime.study
-    cfg = study.resolve(config)
-    res = study.resources
     use_gpu = res.gpus_per_worker > 0
     per_worker = {"CPU": res.cpus_per_worker}
     if use_gpu:
@@ -223,7 +230,7 @@ def run_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": cfg.to_dict(), "metric": runtime.metric, "mode": runtime.mode,
-                           "objectives": list(study.objective.metrics), "t0": time.time()},
+                           "objectives": list(study.objective.metrics), "t0": t0},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(
@@ -242,3 +249,102 @@ def run_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
         from ctcae_core.train import NonFiniteLossError
 
         raise NonFiniteLossError(metrics.get(NONFINITE_MSG, "non-finite loss"))
+
+
+# ----------------------------------------------------------------------------- in the trial process
+
+
+@dataclass
+class _Kept:
+    """A reported evaluation kept for the test: its metrics and a local copy of its checkpoint
+    (what ``_test_best`` reads of a Ray Train reported checkpoint)."""
+
+    metrics: dict[str, Any]
+    checkpoint: Any  # ray.tune.Checkpoint of a local directory
+
+
+def train_in_process(cfg: Any, runtime: TrialRuntime, t0: float) -> None:
+    """``resources.in_process``: the trial trains in this Tune trial process, one worker, no DDP.
+
+    The same reports, pictures, test evaluation and final artifacts as ``train_worker``, sent
+    straight to Tune with their checkpoints (the tracking callback finds them by the result's
+    ``checkpoint_dir_name``). A retried trial (Tune's ``FailureConfig``, ``resources.max_failures``)
+    or a restored study continues from the trial's last checkpoint; the test then takes the best of
+    that checkpoint and the evaluations after it. A non-finite loss is reported once and fails the
+    trial; a retry finds the marker checkpoint and fails again at once, without training.
+    """
+    import ray.tune
+    import torch
+
+    from ctcae_core import train as core_train
+    from ctcae_core.checkpoint import find_model_file
+
+    metric, mode, objectives = runtime.metric, runtime.mode, list(runtime.study.objective.metrics)
+    sign = 1.0 if mode == "max" else -1.0
+    work = Path(tempfile.mkdtemp(prefix="ctcae-trial-"))
+    kept: list[_Kept] = []  # the best evaluation so far (one entry)
+
+    def keep(metrics: dict[str, Any], checkpoint_dir: Path) -> None:
+        score = metrics.get(metric)
+        if not _finite(score):
+            return
+        if kept and (sign * float(score), metrics["step"]) < (sign * float(kept[0].metrics[metric]), kept[0].metrics["step"]):
+            return
+        copy = work / f"best_{metrics['step']}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(checkpoint_dir, copy, copy_function=_link_or_copy)  # later writes replace, not modify, these files
+        for old in kept:
+            shutil.rmtree(old.checkpoint.path, ignore_errors=True)
+        kept[:] = [_Kept(dict(metrics), ray.tune.Checkpoint.from_directory(str(copy)))]
+
+    try:
+        resume = None
+        restored = ray.tune.get_checkpoint()
+        if restored is not None:
+            local = Path(restored.to_directory(str(work / "resume")))
+            if (local / "error.txt").is_file():
+                raise core_train.NonFiniteLossError((local / "error.txt").read_text())
+            if any(local.glob("*.pt")):
+                resume = find_model_file(local)
+                history = torch.load(resume, map_location="cpu", weights_only=False).get("history") or []
+                if history:
+                    keep(dict(history[-1]), local)
+
+        pictures = EvalPictures(cfg)
+
+        def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+            checkpoint = None
+            if checkpoint_dir is not None:
+                pictures(int(metrics["step"]), checkpoint_dir)
+                keep(metrics, checkpoint_dir)
+                checkpoint = ray.tune.Checkpoint.from_directory(str(checkpoint_dir))
+            ray.tune.report(dict(metrics), checkpoint=checkpoint)
+
+        worker_start_s = time.time() - t0  # trial start -> training starts (imports, resume)
+        t_fit = time.perf_counter()
+        try:
+            core_train.fit(cfg, report=report, out_dir=work / "run", resume=resume, progress=False)
+        except core_train.NonFiniteLossError as e:
+            marker = work / "nonfinite"
+            marker.mkdir()
+            (marker / "error.txt").write_text(str(e))
+            nan = {m: float("nan") for m in objectives}
+            ray.tune.report({**nan, NONFINITE_KEY: 1, NONFINITE_MSG: str(e)},
+                            checkpoint=ray.tune.Checkpoint.from_directory(str(marker)))
+            raise
+        train_s = time.perf_counter() - t_fit
+        final, artifacts = _test_best(cfg, kept, metric, mode, work, objectives)
+        final.update(train_time_s=train_s, worker_start_s=worker_start_s,
+                     test_time_s=time.perf_counter() - t_fit - train_s, world_size=1, n_nodes=1)
+        final[FINAL_KEY] = 1
+        ray.tune.report(final, checkpoint=ray.tune.Checkpoint.from_directory(str(artifacts)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pandas as pd
@@ -56,14 +57,55 @@ def _children(uri: str, experiment: str) -> tuple[MlflowClient, list, list]:
     return client, [r for r in runs if "mlflow.parentRunId" not in r.data.tags], [r for r in runs if "mlflow.parentRunId" in r.data.tags]
 
 
-def test_nan_trial_fails_alone(mlflow_server: str, tmp_path: Path) -> None:
+def run_study(text: str, name: str, uri: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run the study ``text`` (saved as ``tmp_path/name.yaml``) to its end; it must exit 0."""
     from conftest import ray_test_env
 
-    study = tmp_path / "nanstudy.yaml"
-    study.write_text(NAN_STUDY)
-    p = subprocess.run(_cmd(study, mlflow_server, tmp_path / "ray"), cwd=tmp_path, env=ray_test_env(),
+    study = tmp_path / f"{name}.yaml"
+    study.write_text(text)
+    p = subprocess.run(_cmd(study, uri, tmp_path / "ray"), cwd=tmp_path, env=ray_test_env(),
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, (p.stdout + p.stderr)[-6000:]
+    return p
+
+
+def signal_during(text: str, name: str, uri: str, tmp_path: Path, ready: Any, pick: Any, sig: int) -> tuple[int, str]:
+    """Start the study ``text``; once ``ready()``, send ``sig`` to the process ``pick(proc)`` names;
+    return the study's exit code and output."""
+    from conftest import ray_test_env
+
+    study = tmp_path / f"{name}.yaml"
+    study.write_text(text)
+    log = open(tmp_path / f"{name}.log", "w")
+    proc = subprocess.Popen(_cmd(study, uri, tmp_path / "ray"), cwd=tmp_path, env=ray_test_env(),
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(ready, 600, proc)
+        os.kill(pick(proc), sig)
+        rc = proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    return rc, (tmp_path / f"{name}.log").read_text()
+
+
+def kill_one_during(text: str, name: str, uri: str, tmp_path: Path, ready: Any, title: str) -> str:
+    """SIGKILL the study's one process whose command line contains ``title`` once ``ready()``;
+    the study must still exit 0. Returns its output."""
+
+    def pick(proc: subprocess.Popen) -> int:
+        found = {p: c for p, c in _descendants(proc.pid).items() if title in c}
+        assert len(found) == 1, found
+        return next(iter(found))
+
+    rc, out = signal_during(text, name, uri, tmp_path, ready, pick, signal.SIGKILL)
+    assert rc == 0, out[-5000:]
+    return out
+
+
+def test_nan_trial_fails_alone(mlflow_server: str, tmp_path: Path) -> None:
+    run_study(NAN_STUDY, "nanstudy", mlflow_server, tmp_path)
 
     client, parents, children = _children(mlflow_server, "nanstudy")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -105,24 +147,18 @@ def _wait_for(pred, timeout: float, proc: subprocess.Popen) -> None:
 def test_interrupted_study_resumes_without_duplicates(mlflow_server: str, tmp_path: Path) -> None:
     from conftest import ray_test_env
 
-    study = tmp_path / "resumable.yaml"
-    study.write_text(RESUME_STUDY)
+    study = tmp_path / "resumable.yaml"  # written by signal_during; --resume runs it again
     storage = tmp_path / "ray"
     exp = storage / "resumable"
-    log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(_cmd(study, mlflow_server, storage), cwd=tmp_path, env=ray_test_env(),
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        times = exp / "trial_times.json"
-        _wait_for(lambda: times.exists() and len(json.loads(times.read_text() or "{}")) >= 1, 600, proc)
-        first_done = set(json.loads(times.read_text()))
-        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C
-        rc = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
-    out = (tmp_path / "first.log").read_text()
+    times = exp / "trial_times.json"
+    first_done: set[str] = set()
+
+    def ctrl_c(proc: subprocess.Popen) -> int:  # the trials finished when Ctrl-C comes
+        first_done.update(json.loads(times.read_text()))
+        return proc.pid
+
+    rc, out = signal_during(RESUME_STUDY, "resumable", mlflow_server, tmp_path,
+                            lambda: times.exists() and len(json.loads(times.read_text() or "{}")) >= 1, ctrl_c, signal.SIGINT)
     assert rc == 130, out[-5000:]
     assert "--resume" in out
 
@@ -212,26 +248,9 @@ def _descendants(root: int) -> dict[int, str]:
 def test_killed_worker_resumes_from_last_checkpoint(mlflow_server: str, tmp_path: Path) -> None:
     """SIGKILL the Ray Train worker after its first checkpoint: Train restarts the worker group from
     that checkpoint (FailureConfig), so no evaluation step is reported twice and the trial finishes."""
-    from conftest import ray_test_env
-
-    study = tmp_path / "killworker.yaml"
-    study.write_text(KILL_STUDY)
     runs = tmp_path / "ray" / "killworker" / "train_runs"
-    log = open(tmp_path / "run.log", "w")
-    proc = subprocess.Popen(_cmd(study, mlflow_server, tmp_path / "ray"), cwd=tmp_path, env=ray_test_env(),
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_for(lambda: any(runs.glob("*/checkpoint_*")), 600, proc)
-        workers = {p: c for p, c in _descendants(proc.pid).items() if "RayTrainWorker" in c}
-        assert len(workers) == 1, workers
-        os.kill(next(iter(workers)), signal.SIGKILL)
-        rc = proc.wait(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
-    out = (tmp_path / "run.log").read_text()
-    assert rc == 0, out[-5000:]
+    out = kill_one_during(KILL_STUDY, "killworker", mlflow_server, tmp_path,
+                          lambda: any(runs.glob("*/checkpoint_*")), "RayTrainWorker")
     assert "[FailurePolicy] RETRY" in out  # the worker group was restarted ...
     client, _, children = _children(mlflow_server, "killworker")
     assert len(children) == 1 and children[0].info.status == "FINISHED"

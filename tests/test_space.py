@@ -65,6 +65,7 @@ def test_full_schema_parsed_into_typed_study() -> None:
     assert (s.search.algorithm, s.search.num_samples, s.search.max_concurrent, s.search.seed) == ("tpe", 30, 2, 3)
     assert (s.scheduler.type, s.scheduler.max_t, s.scheduler.grace_period, s.scheduler.reduction_factor) == ("asha", 40, 10, 3.0)
     assert (s.resources.workers, s.resources.cpus_per_worker, s.resources.max_failures) == (2, 1.0, 1)
+    assert s.resources.in_process is False  # the default: a Ray Train worker group per trial
 
 
 def test_tpe_samples_respect_ranges_steps_and_conditions() -> None:
@@ -208,6 +209,10 @@ BASE = "base: {profile: tiny}\n"
         (BASE + "space: {model.decoder: {choice: [upsample]}}\nresources: {workers: 0}\n", "resources.workers", ">= 1"),
         (BASE + "space: {model.decoder: {choice: [upsample]}}\nresources: {gpus: 1}\n", "resources", "gpus_per_worker"),
         (BASE + "space: {model.decoder: {choice: [upsample]}}\nresources: {cpus_per_worker: 0}\n", "resources", "not both 0"),
+        (BASE + "space: {model.decoder: {choice: [upsample]}}\nresources: {workers: 2, in_process: true}\n",
+         "resources.in_process", "workers: 1"),
+        (BASE + "space: {model.decoder: {choice: [upsample]}}\nresources: {in_process: yes please}\n",
+         "resources.in_process", "true or false"),
         ("base: [tiny\n", "not valid YAML", ""),
     ],
 )
