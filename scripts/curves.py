@@ -146,7 +146,10 @@ def seed_groups(per_run: dict[str, list[dict[str, Any]]]) -> dict[str, dict[int,
 def _mean_std(xs: list[float]) -> str:
     import statistics
 
-    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+    def f(x: float) -> str:
+        return f"{round(x, 3) + 0.0:.3f}"  # + 0.0: a tiny negative mean prints 0.000, not -0.000
+
+    return f"{f(statistics.mean(xs))} ± {f(statistics.stdev(xs))}" if len(xs) > 1 else f(xs[0])
 
 
 def seeds_table(per_run: dict[str, list[dict[str, Any]]], steps: tuple[int, ...] = (500, 1000, 1500, 2000, 3000, 4500)) -> str:

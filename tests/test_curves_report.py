@@ -44,6 +44,12 @@ def test_table_means_stds_and_paired_differences_match_statistics():
     assert f"{statistics.mean(d3000):.3f} ± {statistics.stdev(d3000):.3f}, 1 of 2 > 0" in paired
 
 
+def test_a_tiny_negative_mean_prints_as_zero():
+    runs = {f"cae_small_s{k}": _rows(f"cae_small_s{k}", {3000: v}) for k, v in enumerate([-1e-4, 0.0, -2e-5])}
+    row = seeds_table(runs, steps=(3000,)).splitlines()[2]
+    assert "| 0.000 ± 0.000 (n=3) |" in row and "-0.000" not in row
+
+
 def test_fill_replaces_between_markers_and_appends_when_missing():
     assert _fill("a\n<!-- t -->\nold\n<!-- /t -->\nb", "t", "new") == "a\n<!-- t -->\nnew\n<!-- /t -->\nb"
     assert _fill("a\n", "t", "new") == "a\n\n<!-- t -->\nnew\n<!-- /t -->\n"
