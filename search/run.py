@@ -291,7 +291,7 @@ def build_tuner(args: argparse.Namespace, study: Study, uri: str, parent: str, p
                            mode=study.objective.mode)
     res = study.resources
     if res.in_process:  # the trial process trains: it holds the worker's resources itself
-        held = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker > 0 else {})}
+        held = res.per_worker()
     else:
         # The trial driver only waits on its TorchTrainer: it holds no CPU, the workers do (a token
         # byte of memory, because Tune refuses an all-zero resource request).

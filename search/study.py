@@ -107,6 +107,10 @@ class ResourcesSpec:
     # the process and its imports are reused from trial to trial where Tune reuses actors).
     in_process: bool = False
 
+    def per_worker(self) -> dict[str, float]:
+        """One worker's Ray resources: its CPUs, and its GPUs where it has any."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.gpus_per_worker > 0 else {})}
+
 
 @dataclass(frozen=True)
 class Study:

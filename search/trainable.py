@@ -86,16 +86,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             # together (fit all-reduces the check); the trial driver turns this into the trial's error.
             # The objective keys must be present in every result (Tune's strict metric check): NaN.
             # A checkpoint (rank 0) makes the report reach the trainer's Result, where run_trial sees it.
-            nan = {m: float("nan") for m in loop_config["objectives"]}
-            marker = None
-            if rank == 0:
-                marker = work / "nonfinite"
-                marker.mkdir()
-                (marker / "error.txt").write_text(str(e))
-            ray.train.report(
-                {**nan, NONFINITE_KEY: 1, NONFINITE_MSG: str(e)},
-                checkpoint=Checkpoint.from_directory(str(marker)) if marker else None,
-            )
+            metrics, marker = _nonfinite(e, loop_config["objectives"], work if rank == 0 else None)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(marker)) if marker else None)
             return
         train_s = time.perf_counter() - t0
         nodes = _node_ids(ctx.get_world_size())
@@ -115,6 +107,19 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report(final, checkpoint=Checkpoint.from_directory(str(artifacts)) if artifacts else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _nonfinite(error: Exception, objectives: list[str], work: Path | None) -> tuple[dict[str, Any], Path | None]:
+    """The report of a non-finite loss: NaN objectives (Tune checks every result for them), the
+    marker key and the message; with ``work``, also a marker checkpoint directory holding the
+    message (``error.txt``)."""
+    metrics = {**{m: float("nan") for m in objectives}, NONFINITE_KEY: 1, NONFINITE_MSG: str(error)}
+    marker = None
+    if work is not None:
+        marker = work / "nonfinite"
+        marker.mkdir()
+        (marker / "error.txt").write_text(str(error))
+    return metrics, marker
 
 
 def _resume_file(ckpt: Any, dest: Path) -> Path | None:
@@ -223,9 +228,7 @@ def run_trial(config: dict[str, Any], runtime: TrialRuntime) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     use_gpu = res.gpus_per_worker > 0
-    per_worker = {"CPU": res.cpus_per_worker}
-    if use_gpu:
-        per_worker["GPU"] = res.gpus_per_worker
+    per_worker = res.per_worker()
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         train_worker,
@@ -325,12 +328,8 @@ def train_in_process(cfg: Any, runtime: TrialRuntime, t0: float) -> None:
         try:
             core_train.fit(cfg, report=report, out_dir=work / "run", resume=resume, progress=False)
         except core_train.NonFiniteLossError as e:
-            marker = work / "nonfinite"
-            marker.mkdir()
-            (marker / "error.txt").write_text(str(e))
-            nan = {m: float("nan") for m in objectives}
-            ray.tune.report({**nan, NONFINITE_KEY: 1, NONFINITE_MSG: str(e)},
-                            checkpoint=ray.tune.Checkpoint.from_directory(str(marker)))
+            metrics, marker = _nonfinite(e, objectives, work)
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(marker)))
             raise
         train_s = time.perf_counter() - t_fit
         final, artifacts = _test_best(cfg, kept, metric, mode, work, objectives)

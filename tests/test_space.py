@@ -66,6 +66,7 @@ def test_full_schema_parsed_into_typed_study() -> None:
     assert (s.scheduler.type, s.scheduler.max_t, s.scheduler.grace_period, s.scheduler.reduction_factor) == ("asha", 40, 10, 3.0)
     assert (s.resources.workers, s.resources.cpus_per_worker, s.resources.max_failures) == (2, 1.0, 1)
     assert s.resources.in_process is False  # the default: a Ray Train worker group per trial
+    assert s.resources.per_worker() == {"CPU": 1.0}  # no GPU key where it has none
 
 
 def test_tpe_samples_respect_ranges_steps_and_conditions() -> None:
