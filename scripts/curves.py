@@ -10,7 +10,8 @@ appends one row (step, cumulative wall and CPU seconds, training and validation 
 run's ``curve.csv``. ``--max-minutes`` stops cleanly after the first evaluation past the limit.
 
 A fresh machine continues from the copies that ``report --snapshot`` commits under
-``reports/curves/checkpoints/``. ``report`` gathers every run's ``curve.csv`` into ``reports/curves/curves.csv``, draws
+``reports/curves/checkpoints/``. ``report`` gathers every run's ``curve.csv`` into
+``reports/curves/curves.csv`` (a run with none on this machine keeps its committed rows), draws
 ``curves.png`` (validation ARI-FG, phase spread and MSE against steps, ARI-FG against CPU time)
 and writes ``README.md`` with, per run, the first step and CPU time at which ARI-FG passes 0.3,
 0.5 and 0.7, or the highest value reached.
@@ -188,12 +189,19 @@ def _fill(text: str, tag: str, table: str) -> str:
 
 
 def write_report(run_root: Path, report_dir: Path = REPORT_DIR) -> Path:
-    """curves.csv, curves.png and README.md's table from every run's curve.csv."""
+    """curves.csv, curves.png and README.md's table from every run's curve.csv.
+
+    A run without a ``curve.csv`` under ``run_root`` (trained on another machine, whose
+    checkpoints are gone) keeps its rows from the committed ``curves.csv``, so that a report
+    written on a fresh machine adds to the curves rather than dropping them."""
     runs = load_runs(report_dir / "runs.yaml")
+    committed: dict[str, list[dict[str, Any]]] = {}
+    for r in _read_rows(report_dir / "curves.csv"):
+        committed.setdefault(r["run"], []).append(r)
     all_rows: list[dict[str, Any]] = []
     per_run: dict[str, list[dict[str, Any]]] = {}
     for name in runs:
-        rows = _read_rows(run_root / name / "curve.csv")
+        rows = _read_rows(run_root / name / "curve.csv") or committed.get(name, [])
         if rows:
             per_run[name] = rows
             all_rows += rows

@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from curves import _fill, seed_groups, seeds_table  # noqa: E402
+from curves import COLUMNS, _fill, _read_rows, _write_rows, seed_groups, seeds_table, write_report  # noqa: E402
 
 
 def _rows(name: str, values: dict[int, float]) -> list[dict[str, str]]:
@@ -53,3 +53,30 @@ def test_a_tiny_negative_mean_prints_as_zero():
 def test_fill_replaces_between_markers_and_appends_when_missing():
     assert _fill("a\n<!-- t -->\nold\n<!-- /t -->\nb", "t", "new") == "a\n<!-- t -->\nnew\n<!-- /t -->\nb"
     assert _fill("a\n", "t", "new") == "a\n\n<!-- t -->\nnew\n<!-- /t -->\n"
+
+
+def _full_rows(name: str, values: dict[int, float]) -> list[dict[str, object]]:
+    return [{"run": name, "step": k, "wall_s": 10.0 * k, "cpu_s": 9.0 * k, "loss": 0.1, "mse": 0.03, "contrastive": 0.0,
+             "val_mse": 0.03, "val_ari_fg": v, "val_ari_full": 0.0, "val_phase_spread": 0.5} for k, v in values.items()]
+
+
+def test_a_report_on_a_fresh_machine_keeps_the_committed_rows_of_runs_it_has_not_got(tmp_path):
+    report_dir, run_root = tmp_path / "report", tmp_path / "runs"
+    report_dir.mkdir()
+    (report_dir / "runs.yaml").write_text("runs:\n  cae_half_s0: {profile: cae_tetrominoes_half}\n"
+                                          "  cae_half_s1: {profile: cae_tetrominoes_half}\n"
+                                          "  cae_half_s2: {profile: cae_tetrominoes_half}\n")
+    # committed: s0 (trained elsewhere, no files here) and s1 to step 500 (continued here to 1000)
+    _write_rows(report_dir / "curves.csv", _full_rows("cae_half_s0", {500: 0.11, 1000: 0.12})
+                + _full_rows("cae_half_s1", {500: 0.21}))
+    (run_root / "cae_half_s1").mkdir(parents=True)
+    _write_rows(run_root / "cae_half_s1" / "curve.csv", _full_rows("cae_half_s1", {500: 0.21, 1000: 0.25}))
+    readme = write_report(run_root, report_dir)
+    rows = _read_rows(report_dir / "curves.csv")
+    assert list(rows[0]) == list(COLUMNS)
+    assert [(r["run"], r["step"], float(r["val_ari_fg"])) for r in rows] == [
+        ("cae_half_s0", "500", 0.11), ("cae_half_s0", "1000", 0.12),
+        ("cae_half_s1", "500", 0.21), ("cae_half_s1", "1000", 0.25)]
+    text = readme.read_text()
+    assert "| cae_half_s0 | 1000 |" in text and "| cae_half_s1 | 1000 |" in text and "cae_half_s2 |" not in text
+    assert (report_dir / "curves.png").stat().st_size > 10_000
