@@ -156,6 +156,10 @@ class TrainConfig:
     # "fp32" | "bf16" | "fp16": the dtype of the linear maps (convs, linears) under autocast; the
     # phase arithmetic, norms and losses stay fp32 (docs/model.md). fp16 only on CUDA (loss scaling).
     precision: str = "fp32"
+    # The same choice for the evaluations' forward (validation during training, a study's test
+    # evaluation): evaluation is forward-only and its convolutions are most of its time, so bf16
+    # there is the one large speed-up of evaluation; k-means, ARI and the phase spread stay fp32.
+    eval_precision: str = "fp32"
     # Off the CPU, hold the train and val splits on the training device (uint8) and gather each
     # batch there, instead of copying it from host memory every step. No effect on the CPU.
     data_on_device: bool = True
@@ -169,8 +173,9 @@ class TrainConfig:
             raise ConfigError(f"train.lr: got {self.lr}; give a finite number > 0, e.g. 4e-4")
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f"train.device: {self.device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"train.precision: {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        for key in ("precision", "eval_precision"):
+            if getattr(self, key) not in PRECISIONS:
+                raise ConfigError(f"train.{key}: {getattr(self, key)!r}; use one of {', '.join(PRECISIONS)}")
 
 
 @dataclass(frozen=True)

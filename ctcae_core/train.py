@@ -224,6 +224,7 @@ def _start(config: ExperimentConfig, out: Path, resume: str | Path | None) -> _R
     pair_gen = torch.Generator().manual_seed(tc.seed + 1)
     run = _Run(config, out, device, distributed, rank, world, model, model, optimizer, pair_gen)
     precision_context(tc.precision, device)  # refuses fp16 off CUDA before any step
+    precision_context(tc.eval_precision, device)
     if tc.precision == "fp16":
         run.scaler = torch.amp.GradScaler(device.type)
     if saved is not None:
@@ -287,7 +288,7 @@ def _evaluate(run: _Run, val_ds: Any, running: dict[str, float], done: int, t_st
     tc = run.config.train
     val = evaluate(
         run.net, val_ds, batch_size=tc.batch_size, device=run.device, seed=tc.seed,
-        max_images=tc.eval_images, distributed=run.distributed,
+        max_images=tc.eval_images, distributed=run.distributed, precision=tc.eval_precision,
     )
     metrics: dict[str, Any] = {"step": done}
     n = max(running.pop("n", 1), 1)

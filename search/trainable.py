@@ -178,7 +178,8 @@ def _test_best(
     model_file = find_model_file(Path(best.checkpoint.to_directory(str(work / "best_ckpt"))))
     model, best_cfg, _payload = load_checkpoint(model_file)
     seed = best_cfg.train.seed
-    result = evaluate_checkpoint(model_file, by_n_objects=best_cfg.data.test_n_objects, seed=seed)
+    result = evaluate_checkpoint(model_file, by_n_objects=best_cfg.data.test_n_objects, seed=seed,
+                                 precision=best_cfg.train.eval_precision)
     out: dict[str, Any] = flat_metrics(result, "test")
     step = int(best.metrics.get("step", 0))
     out["best_step"] = step
