@@ -1,8 +1,10 @@
 """``train.precision``: the autocast that training, evaluation and the benchmarks share.
 
 Only the convs and linears run in bf16/fp16: the complex layer casts their output back to fp32
-before |psi| and arg psi, and the norms, losses, k-means and ARI see fp32 (docs/model.md). On this
-project's CPUs (AVX2, no AVX512-BF16) bf16 convs are far slower than fp32: benchmarks/README.md.
+before |psi| and arg psi, and the norms, losses, k-means and ARI see fp32 (docs/model.md). On CPUs
+without AVX512-BF16 (AVX2 only) bf16 convs are emulated and far slower than fp32; with
+AVX512-BF16 or AMX they are faster, in the channels-last layout the model switches to under a CPU
+bf16 autocast (``model.memory_layout``): benchmarks/README.md.
 """
 from __future__ import annotations
 

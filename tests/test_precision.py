@@ -99,3 +99,68 @@ def test_evaluate_precision_autocasts_the_forward_and_keeps_the_metrics_fp32():
         evaluate(model, scenes, precision="fp16")
     with pytest.raises(ConfigError, match="'fp8'"):
         evaluate(model, scenes, precision="fp8")
+
+
+def _block_layouts(model: torch.nn.Module) -> list[tuple[str, bool, bool]]:
+    """Records, for every conv block a forward runs, whether its output (m, phi) is channels-last."""
+    from ctcae_core.layers import ComplexBlock, is_channels_last
+
+    seen: list[tuple[str, bool, bool]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, ComplexBlock) and "linear" not in name:
+            module.register_forward_hook(lambda mod, inp, out, name=name: seen.append(
+                (name, is_channels_last(out[0]), is_channels_last(out[1]))))
+    return seen
+
+
+@pytest.mark.parametrize("decoder", ["upsample", "transpose"])
+def test_the_channels_last_layout_changes_no_value(monkeypatch, decoder):
+    """The layout bf16 runs in on the CPU, forced in fp32: the same loss and gradients as NCHW
+    (to conv rounding), and every conv block really ran channels-last."""
+    import ctcae_core.model as model_module
+
+    cfg = dataclasses.replace(SMALL, decoder=decoder, phase_bias_init=3.14)
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    results = {}
+    for layout in (torch.contiguous_format, torch.channels_last):
+        monkeypatch.setattr(model_module, "memory_layout", lambda images, layout=layout: layout)
+        torch.manual_seed(0)
+        model = build_model(cfg, 32)
+        seen = _block_layouts(model)
+        out = model(images)
+        loss = F.mse_loss(out.recon, images) + CC.weight * contrastive_loss(
+            out.enc_magnitude, out.enc_phase, out.out_magnitude, out.out_phase, CC, torch.Generator().manual_seed(0))
+        loss.backward()
+        results[layout] = (float(loss), {n: p.grad.clone() for n, p in model.named_parameters()}, out.complex_out.detach())
+        assert len(seen) == 10 and all(m_cl == phi_cl == (layout == torch.channels_last) for _, m_cl, phi_cl in seen)
+    (l0, g0, p0), (l1, g1, p1) = results[torch.contiguous_format], results[torch.channels_last]
+    assert abs(l1 - l0) <= 1e-5 * abs(l0)
+    assert float((p1 - p0).abs().max()) <= 1e-4 * float(p0.abs().max())  # the complex output (measured 4-5e-5)
+    for name in g0:
+        if float(g0[name].norm()) < 1e-5:
+            continue  # the conv magnitude biases before BatchNorm: gradient 0 up to rounding (1e-8-1e-7)
+        assert float((g1[name] - g0[name]).norm()) <= 1e-3 * float(g0[name].norm()), name  # measured <= 2e-4
+
+
+def test_bf16_on_the_cpu_runs_the_convolutions_channels_last_and_fp32_nchw():
+    torch.manual_seed(0)
+    model = build_model(SMALL, 32)
+    seen = _block_layouts(model)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    model(images)
+    with precision_context("bf16", torch.device("cpu")):
+        model(images)
+    assert [cl for _, cl, _ in seen] == [False] * 10 + [True] * 10
+
+
+def test_under_autocast_the_stacked_maps_are_written_in_its_dtype_rounded_as_its_cast():
+    from ctcae_core.layers import _PolarToStacked
+
+    g = torch.Generator().manual_seed(6)
+    m, phi = torch.rand(4, 8, 5, 5, generator=g), 6 * torch.rand(4, 8, 5, 5, generator=g) - 3
+    reference = torch.cat([m * torch.cos(phi), m * torch.sin(phi), m])
+    assert _PolarToStacked.apply(m, phi).dtype == torch.float32
+    assert torch.equal(_PolarToStacked.apply(m, phi), reference)
+    with precision_context("bf16", torch.device("cpu")):
+        stacked = _PolarToStacked.apply(m, phi)
+    assert stacked.dtype == torch.bfloat16 and torch.equal(stacked, reference.bfloat16())
