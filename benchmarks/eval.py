@@ -2,7 +2,8 @@
 
 Default: the paper's CtCAE at 32x32 on generated Tetrominoes test images, untrained unless
 --checkpoint is given (throughput does not depend on the weights; the ARI agreement is more
-telling on a trained model). Prints one JSON line {"images_per_s": .., "ari_fg_abs_diff_vs_sklearn": ..}.
+telling on a trained model). ``--precision bf16`` times the forward under bf16 autocast, as
+``train.eval_precision: bf16`` runs it. Prints one JSON line {"images_per_s": .., "ari_fg_abs_diff_vs_sklearn": ..}.
 """
 from __future__ import annotations
 
@@ -34,13 +35,15 @@ def child(args: argparse.Namespace) -> dict:
         model = build_model(cfg.model, 32)
     model.eval()
     _, ds = tetromino_batch(args.n_images)
-    evaluate(model, ds, batch_size=args.batch_size, max_images=args.batch_size)  # warm-up
+    torch.set_num_threads(args.threads)
+    evaluate(model, ds, batch_size=args.batch_size, max_images=args.batch_size, precision=args.precision)  # warm-up
     times = []
     for _ in range(args.repeats):
         t = time.perf_counter()
-        res = evaluate(model, ds, batch_size=args.batch_size, max_images=args.n_images)
+        res = evaluate(model, ds, batch_size=args.batch_size, max_images=args.n_images, precision=args.precision)
         times.append(time.perf_counter() - t)
     per_s = args.n_images / float(np.median(times))
+    roof = _forward_roofline(model, ds.get_batch(torch.arange(args.batch_size))["image"], args) if args.roofline else {}
     # Agreement: the same phase features clustered by our batched k-means and by sklearn's KMeans.
     ours, ref = [], []
     with torch.inference_mode():
@@ -59,7 +62,40 @@ def child(args: argparse.Namespace) -> dict:
         "ari_fg_ours": round(float(ours_t[ok].mean()), 4), "ari_fg_sklearn": round(float(ref_t[ok].mean()), 4),
         "eval_ari_fg": round(res["ari_fg"], 4), "n_images": args.n_images, "n_agree": args.n_agree,
         "model": cfg.name, "trained": bool(args.checkpoint), "times": [round(t, 3) for t in times],
+        "precision": args.precision, "threads": args.threads, **roof,
     }
+
+
+def _forward_roofline(model, images, args: argparse.Namespace) -> dict:
+    """The forward's share of evaluation against what this CPU's convolutions can do.
+
+    ``forward_gflop``: the model's forward FLOPs on one batch (torch's FLOP counter: convs and
+    matmuls, 2 per multiply-add); ``forward_s``: its median time under ``--precision``;
+    ``conv_peak_gflop_s``: the rate of one large 3x3 conv of the model's widest layer, in the same
+    precision, layout and threads, as a practical ceiling; ``images_per_s_forward_at_peak``: the
+    evaluation rate if the forward alone ran at that ceiling and everything else were free.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.common import median_time
+    from ctcae_core.model import memory_layout
+    from ctcae_core.precision import precision_context
+
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as fc:
+            model(images)
+        gflop = fc.get_total_flops() / 1e9
+        with precision_context(args.precision, torch.device("cpu")):
+            fwd, _ = median_time(lambda: model(images), args.repeats)
+            c = max(m.weight.shape[0] for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+            x, w = torch.rand(3 * images.shape[0], c, 16, 16), torch.rand(c, c, 3, 3)
+            x = x.contiguous(memory_format=memory_layout(x))  # the layout the model runs in
+            conv, _ = median_time(lambda: torch.nn.functional.conv2d(x, w, padding=1), args.repeats)
+    conv_gflop = 2 * x.shape[0] * c * c * 9 * 16 * 16 / 1e9
+    peak = conv_gflop / conv
+    return {"forward_gflop": round(gflop, 2), "forward_s": round(fwd, 4), "forward_gflop_s": round(gflop / fwd, 1),
+            "conv_peak_gflop_s": round(peak, 1), "images_per_s_forward_at_peak": round(images.shape[0] * peak / gflop, 1)}
 
 
 def main() -> None:
@@ -70,6 +106,11 @@ def main() -> None:
     p.add_argument("--n-agree", type=int, default=128, help="images compared against scikit-learn")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--roofline", action="store_true",
+                   help="also time the forward alone and one large conv: how near the forward runs to this CPU's conv rate")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="the forward's autocast, as train.eval_precision (k-means and ARI stay fp32)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
