@@ -9,6 +9,7 @@ bf16 autocast (``model.memory_layout``): benchmarks/README.md.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 
@@ -28,4 +29,13 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
         return contextlib.nullcontext()
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError(f"train.precision: fp16 needs a CUDA device (got {device}); use bf16 or fp32")
+    if precision == "bf16" and device.type == "cpu" and not native_cpu_bf16():
+        warnings.warn("bf16 on a CPU without AVX512-BF16 or AMX: its bf16 convolutions are emulated, "
+                      "20-50x slower than fp32 (benchmarks/README.md); use fp32 on this machine", stacklevel=2)
     return torch.autocast(device.type, dtype=LOW_PRECISION[precision])
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 convolutions natively (AVX512-BF16 or AMX), per torch's probe."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
