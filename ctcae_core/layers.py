@@ -25,8 +25,7 @@ def is_channels_last(x: Tensor) -> bool:
 
 def _guarded_im(im: Tensor) -> Tensor:
     """Im psi as the angle sees it: entries with |Im psi| < PHASE_EPS set to +PHASE_EPS."""
-    # clone + in place: out-of-place masked_fill returns NCHW whatever im's layout.
-    return im.clone().masked_fill_(im.abs() < PHASE_EPS, PHASE_EPS)
+    return torch.where(im.abs() < PHASE_EPS, PHASE_EPS, im)  # one pass, in im's layout
 
 
 class _PolarToStacked(torch.autograd.Function):
@@ -88,7 +87,7 @@ class _ComplexActivation(torch.autograd.Function):
         half_gm_over_r = torch.where(r > 0, 0.5 * g_m / r, torch.zeros_like(r))
         # arg of the guarded copy: d/d re = -im_g / r_g^2; d/d im = re / r_g^2 where not guarded.
         guarded = im.abs() < PHASE_EPS
-        im_g = im.clone().masked_fill_(guarded, PHASE_EPS)
+        im_g = torch.where(guarded, PHASE_EPS, im)
         g_phi_over_r2 = g_phi / (re * re + im_g * im_g)
         grad = torch.empty_like(out)
         torch.sub(half_gm_over_r * re, g_phi_over_r2 * im_g, out=grad[:b])
