@@ -31,6 +31,7 @@ TAG_OPTUNA = "ctcae.optuna_storage"  # parent: the Optuna storage URL (password 
 TAG_GIT_COMMIT = "ctcae.git_commit"  # parent
 TAG_RAY_ADDRESS = "ctcae.ray_address"  # parent
 TAG_SMOKE_TEST = "ctcae.smoke_test"  # parent: "True" for --smoke-test studies
+BASE_CONFIG_ARTIFACT = "study/base_config.yaml"  # parent: the study's base config (a trial's value of a key it does not log)
 TAG_SUMMARY_PREFIX = "ctcae.summary."  # parent: the study's figures (wall time, trial counts) as tags, off the charts
 
 # --- the config keys every trial logs as MLflow params, besides its searched (and active) keys;

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 
 from ctcae_core.cli import ArgumentParser, count, run_main
 from search.names import (
+    BASE_CONFIG_ARTIFACT,
     TAG_GIT_COMMIT,
     TAG_SUMMARY_PREFIX,
     TAG_OPTUNA,
@@ -271,7 +272,7 @@ def open_parent_run(args: argparse.Namespace, study: Study, uri: str, paths: Stu
         import yaml
 
         tracker.log_text(parent, study.text, f"study/{Path(study.path).name}")
-        tracker.log_text(parent, yaml.safe_dump(study.base.to_dict(), sort_keys=False), "study/base_config.yaml")
+        tracker.log_text(parent, yaml.safe_dump(study.base.to_dict(), sort_keys=False), BASE_CONFIG_ARTIFACT)
         tracker.log_params(parent, {"profile": study.profile, "algorithm": study.search.algorithm,
                                     "num_samples": study.search.num_samples, "searched": ",".join(study.keys),
                                     "objective": ",".join(f"{m}:{o}" for m, o in zip(study.objective.metrics, study.objective.modes))})

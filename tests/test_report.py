@@ -217,6 +217,64 @@ def test_grid_report(grid_study, tmp_path):
     assert set(files) <= logged
 
 
+PAPER_STUDY = """
+name: {name}
+base: {{profile: caepp_tetrominoes_small}}
+space:
+  model.decoder: {{grid: [transpose, upsample]}}
+  model.out_conv: {{grid: [true], when: {{model.decoder: transpose}}}}
+  model.out_sigmoid: {{grid: [true], when: {{model.decoder: transpose}}}}
+  contrastive.weight: {{grid: [0.0, 1e-4], when: {{model.decoder: upsample}}}}
+  train.seed: {{grid: [0, 1]}}
+search: {{algorithm: grid}}
+"""
+
+
+def test_conditional_study_names_the_paper_variants(tracking, tmp_path):
+    """The paper's grid (ablations/paper_small.yaml): a trial logs only the keys active in it
+    (search/runview.py), so an upsample trial has no model.out_conv param and a CAE trial no
+    contrastive.weight; the report takes their values from the parent's base config and names
+    CAE, CAE++ and CtCAE (it crashed on the absent params before)."""
+    import yaml
+
+    from search.names import BASE_CONFIG_ARTIFACT
+    from search.runview import trial_params
+
+    uri, Tracker = tracking
+    name = f"paper_{uuid.uuid4().hex[:6]}"
+    study = parse_study(PAPER_STUDY.format(name=name), source=f"{name}.yaml")
+    tracker = Tracker(uri, name)
+    parent = start_parent(tracker, study)
+    tracker.log_text(parent, yaml.safe_dump(study.base.to_dict(), sort_keys=False), BASE_CONFIG_ARTIFACT)
+    expected: dict[str, list[float]] = {}
+    for i, point in enumerate(study.grid_points()):
+        values = {k: v for k, v in point.items() if not k.startswith("_")}
+        cfg = study.resolve(point)
+        params = trial_params(study, values, cfg)
+        variant = "CAE" if cfg.model.decoder == "transpose" else ("CtCAE" if cfg.contrastive.weight > 0 else "CAE++")
+        assert ("model.out_conv" in params) == (variant == "CAE") and ("contrastive.weight" in params) == (variant != "CAE")
+        ari = {"CAE": 0.01, "CAE++": 0.6, "CtCAE": 0.7}[variant] + 0.05 * values["train.seed"]
+        expected.setdefault(variant, []).append(ari)
+        run = tracker.start_child(parent, f"t{i:02d}", f"{name}-{i}", params, {"ctcae.searched": json.dumps(sorted(values))})
+        log(tracker, run, {250: {"val_ari_fg": ari, "test_ari_fg": ari, "test_mse": 0.01}})
+        tracker.end(run, "FINISHED")
+    tracker.end(parent, "FINISHED")
+    assert sorted(expected) == ["CAE", "CAE++", "CtCAE"]
+
+    out = tmp_path / "rep"
+    proc = subprocess.run([sys.executable, str(ROOT / "search" / "report.py"), "--study", name, "--tracking-uri", uri, "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pt = pd.read_csv(out / "paper_table.csv")
+    assert list(pt["variant"]) == ["CtCAE", "CAE++", "CAE"]  # best ARI-FG first
+    for variant, vals in expected.items():
+        row = pt[pt["variant"] == variant].iloc[0]
+        assert row["n"] == 2 and row["ari_fg_mean"] == pytest.approx(statistics.mean(vals), abs=1e-9)
+    runs = pd.read_csv(out / "runs.csv")  # the base values filled in, as the trials used them
+    assert set(runs.loc[runs["model"] != "CAE", "model.out_conv"].astype(str)) == {"False"}
+    assert set(runs.loc[runs["model"] == "CAE", "contrastive.weight"].astype(float)) == {0.0}
+
+
 def _log_tpe_children(tracker, study, parent: str, rng: np.random.Generator, n: int, score) -> dict[str, float]:
     """n FINISHED trials with random params; val_ari_fg's best over its history = score(params)."""
     best: dict[str, float] = {}

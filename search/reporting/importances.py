@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from search.names import TAG_OPTUNA, TAG_SEARCHED
+from search.names import BASE_CONFIG_ARTIFACT, TAG_OPTUNA, TAG_SEARCHED
 from search.reporting.runs import StudyRuns, typed_param
 from search.reporting.tables import TABLE_METRICS
 
@@ -51,7 +51,7 @@ def _study_distributions(client: Any, sr: StudyRuns) -> dict[str, Any]:
 
     try:
         files = [f.path for f in client.list_artifacts(sr.parent.info.run_id, "study") if f.path.endswith((".yaml", ".yml"))]
-        files = [f for f in files if not f.endswith("base_config.yaml")]
+        files = [f for f in files if f != BASE_CONFIG_ARTIFACT]
         if not files:
             return {}
         with tempfile.TemporaryDirectory() as tmp:

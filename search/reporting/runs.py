@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import json
+import math
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from search.names import (  # noqa: F401 - the key names are re-exported for search/reporting/tables.py
     ARCH_KEYS,
+    BASE_CONFIG_ARTIFACT,
     DATASET_KEY,
     SEED_KEYS,
     TAG_KIND,
@@ -19,6 +23,7 @@ from search.names import (  # noqa: F401 - the key names are re-exported for sea
     TAG_TRIAL,
     TRAIN_FILTER_KEY,
 )
+from search.runview import param_text
 
 
 class ReportError(RuntimeError):
@@ -36,6 +41,9 @@ class StudyRuns:
     objectives: list[tuple[str, str]]  # (metric, mode)
     searched: list[str]  # union of the children's searched keys (file order where known)
     notes: list[str] = field(default_factory=list)
+    # The study's base config as params spell it: the value of a key a trial does not log (an
+    # inactive searched key, e.g. model.out_conv of an upsample trial, took the base value).
+    base: dict[str, str] = field(default_factory=dict)
 
 
 def _search_all(client: Any, experiment_ids: list[str], filter_string: str) -> list[Any]:
@@ -81,13 +89,41 @@ def load_study_runs(client: Any, study: str, parent_run: str | None = None) -> S
             keys = []
         searched += [k for k in keys if k not in searched and not k.startswith("_")]
     name = parent.data.tags.get(TAG_STUDY, study)
-    return StudyRuns(name, parent, children, algorithm, objectives, searched)
+    sr = StudyRuns(name, parent, children, algorithm, objectives, searched)
+    sr.base = base_params(client, sr)
+    return sr
+
+
+def base_params(client: Any, sr: StudyRuns) -> dict[str, str]:
+    """The parent's ``study/base_config.yaml`` flattened, values as logged params hold them.
+
+    {} (and a note) when the parent has none, as for studies logged by other tools.
+    """
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    from ctcae_core.config import ConfigError, ExperimentConfig
+
+    run_id = sr.parent.info.run_id
+    try:
+        if not any(f.path == BASE_CONFIG_ARTIFACT for f in client.list_artifacts(run_id, "study")):
+            raise FileNotFoundError(BASE_CONFIG_ARTIFACT)
+        with tempfile.TemporaryDirectory() as tmp:
+            text = Path(client.download_artifacts(run_id, BASE_CONFIG_ARTIFACT, tmp)).read_text()
+        flat = ExperimentConfig.from_dict(yaml.safe_load(text)).flat()
+    except (MlflowException, OSError, ConfigError, yaml.YAMLError) as e:
+        sr.notes.append(f"the parent run has no readable {BASE_CONFIG_ARTIFACT} ({type(e).__name__}): a key a trial "
+                        "did not log (an inactive searched key) is left empty, so variants may go unnamed")
+        return {}
+    return {k: param_text(v) for k, v in flat.items()}
 
 
 def typed_param(key: str, text: str | None) -> Any:
     """A logged param (a string) back to its config type (bools, ints, floats, tuples)."""
-    if text is None:
+    if text is None or (isinstance(text, float) and math.isnan(text)):  # absent (pandas: NaN)
         return None
+    if not isinstance(text, str):
+        return text
     from ctcae_core.config import ConfigError, key_type
 
     try:
@@ -120,8 +156,8 @@ def runs_frame(sr: StudyRuns) -> pd.DataFrame:
             "trial_id": r.data.tags.get(TAG_TRIAL, ""),
             "reason": r.data.tags.get(TAG_REASON, ""),
         }
-        for k in sorted(keys):
-            row[k] = r.data.params.get(k)
+        for k in sorted(keys):  # a key the trial did not log took the study's base value
+            row[k] = r.data.params.get(k, sr.base.get(k))
         row.update(r.data.metrics)
         rows.append(row)
     return pd.DataFrame(rows)
