@@ -52,6 +52,8 @@ class _PolarToStacked(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
         m, phi = ctx.saved_tensors
         b = m.shape[0]
+        # Under autocast grad arrives in bf16/fp16: cast once (exact), not once per product.
+        grad = grad.to(torch.result_type(m, phi))
         g_re, g_im, g_m = grad[:b], grad[b : 2 * b], grad[2 * b :]
         c, s = torch.cos(phi), torch.sin(phi)
         return g_re * c + g_im * s + g_m, m * (g_im * c - g_re * s)
