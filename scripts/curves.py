@@ -153,7 +153,7 @@ def _mean_std(xs: list[float]) -> str:
     return f"{f(statistics.mean(xs))} ± {f(statistics.stdev(xs))}" if len(xs) > 1 else f(xs[0])
 
 
-def seeds_table(per_run: dict[str, list[dict[str, Any]]], steps: tuple[int, ...] = (500, 1000, 1500, 2000, 3000, 4500)) -> str:
+def seeds_table(per_run: dict[str, list[dict[str, Any]]], steps: tuple[int, ...] = (500, 1000, 1500, 2000, 3000, 4500, 6000, 7500)) -> str:
     """Validation ARI-FG over seeds at equal steps (mean ± sample std, the seeds that reached the
     step), for every group of two or more seeds; then CtCAE against CAE++ seed by seed: a seed
     of both starts from the same weights and sees the same batches, so the difference is the
