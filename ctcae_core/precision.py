@@ -9,6 +9,7 @@ bf16 autocast (``model.memory_layout``): benchmarks/README.md.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 
 import torch
@@ -35,6 +36,7 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
     return torch.autocast(device.type, dtype=LOW_PRECISION[precision])
 
 
+@functools.cache  # precision_context runs every training step; the CPU does not change
 def native_cpu_bf16() -> bool:
     """Whether this CPU computes bf16 convolutions natively (AVX512-BF16 or AMX), per torch's probe."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

@@ -169,12 +169,17 @@ def test_under_autocast_the_stacked_maps_are_written_in_its_dtype_rounded_as_its
 def test_bf16_on_a_cpu_without_native_bf16_warns_and_names_the_fix(monkeypatch):
     import warnings
 
+    from ctcae_core.precision import native_cpu_bf16
+
     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, name, lambda: False)
+    native_cpu_bf16.cache_clear()  # the probe is cached per process
     with pytest.warns(UserWarning, match="without AVX512-BF16 or AMX.*use fp32 on this machine"):
         precision_context("bf16", torch.device("cpu"))
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    native_cpu_bf16.cache_clear()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         precision_context("bf16", torch.device("cpu"))
         precision_context("fp32", torch.device("cpu"))
+    native_cpu_bf16.cache_clear()  # later tests probe the real CPU again
