@@ -1,7 +1,7 @@
 """How the numbers of an evaluation are named once they leave the library.
 
 ``evaluate.evaluate`` returns the keys of ``metrics.METRIC_KEYS`` (mse, ari_fg, ari_full,
-inter_cluster, intra_cluster, phase_spread), ``n_images`` and, for each object count k present,
+inter_cluster, intra_cluster, phase_spread, ari_fg_colour), ``n_images`` and, for each object count k present,
 ``count_n<k>`` (images with k objects) and ``ari_fg_n<k>`` / ``ari_full_n<k>`` (their mean).
 ``train.fit`` reports those as ``val_<name>`` after each evaluation, beside its running
 ``loss``, ``mse`` and ``contrastive``. The search layer logs its test evaluation as

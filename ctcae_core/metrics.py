@@ -12,7 +12,10 @@ CUDA; results come back on the input's device). The protocol follows the paper's
 * ARI-FULL over all non-overlap pixels, ARI-FG over object pixels (label >= 1);
 * inter/intra cluster distances as defined in :func:`cluster_distances`;
 * phase spread (not in the paper): how far the output phases have left a single value, see
-  :func:`phase_spread`. Read ARI-FG beside it: ARI-FG can rise from colour alone.
+  :func:`phase_spread`. Read ARI-FG beside it: ARI-FG can rise from colour alone;
+* ARI-FG of colour alone (not in the paper): the same clustering with every output phase set
+  to 0, so only the magnitude weights tell pixels apart (``ari_fg_colour``). ARI-FG minus it is
+  what the phases earn.
 
 Differences from the paper's code, on purpose:
 
@@ -36,6 +39,7 @@ __all__ = [
     "adjusted_rand_index",
     "ari_scores",
     "phase_features",
+    "colour_features",
     "kmeans_batched",
     "count_label_clusters",
     "cluster_phases",
@@ -49,7 +53,9 @@ __all__ = [
 ]
 
 #: Per-image metrics produced by :func:`evaluate_batch` and averaged by :class:`MetricAccumulator`.
-METRIC_KEYS: tuple[str, ...] = ("mse", "ari_fg", "ari_full", "inter_cluster", "intra_cluster", "phase_spread")
+METRIC_KEYS: tuple[str, ...] = (
+    "mse", "ari_fg", "ari_full", "inter_cluster", "intra_cluster", "phase_spread", "ari_fg_colour",
+)
 PER_COUNT_KEYS: tuple[str, ...] = ("ari_fg", "ari_full")  # also averaged per object count
 _PER_COUNT_KEYS = PER_COUNT_KEYS
 
@@ -373,6 +379,16 @@ def kmeans_batched(
     return out_labels[arange_b * n_init + best].long(), inertia[arange_b, best]
 
 
+def colour_features(magnitude: torch.Tensor, threshold: float | None = 0.1) -> torch.Tensor:
+    """:func:`phase_features` with every phase set to 0: the clustering features of colour alone.
+
+    On datasets whose objects differ in colour, the magnitude weights alone separate objects; the
+    ARI-FG these features score is the part of ARI-FG that needs no phase. With every phase 0 the
+    sin features are 0 and drop out of every distance: (b, h*w, c), the cos features only.
+    """
+    return phase_features(magnitude, torch.zeros_like(magnitude), threshold)[..., 0::2].contiguous()
+
+
 @torch.no_grad()
 def count_label_clusters(labels: torch.Tensor) -> torch.Tensor:
     """Number of distinct ground-truth labels >= 0 per image (background included, -1 excluded).
@@ -505,19 +521,30 @@ def evaluate_batch(
 
     Returns:
         dict of per-image tensors: ``mse, ari_fg, ari_full, inter_cluster, intra_cluster,
-        phase_spread`` (b,)
+        phase_spread, ari_fg_colour`` (b,)
         float; ``n_objects`` (b,) int64; ``labels_pred`` (b, h, w) int64 predicted segments.
         K per image = distinct ground-truth labels (background included, -1 excluded).
+        ``ari_fg_colour`` clusters :func:`colour_features` with the same k-means seeds as the
+        phase features; ``generator`` leaves in the state the phase clustering alone leaves it
+        in, so ``ari_fg`` does not depend on the control.
     """
     b, _, h, w = phase.shape
     with torch.no_grad():
         mse = ((recon.float() - images.float()) ** 2).flatten(1).mean(1)  # (b,)
         feats = phase_features(magnitude, phase, threshold)  # (b, h*w, 2c)
         k = count_label_clusters(labels)  # (b,)
+        seeds = generator.get_state() if generator is not None else None
         pred, _ = kmeans_batched(feats, k, n_init=n_init, generator=generator)  # (b, h*w)
         inter, intra = cluster_distances(feats, pred)
         pred = pred.view(b, h, w)
         ari = ari_scores(labels, pred)
+        after = generator.get_state() if generator is not None else None
+        if generator is not None:
+            generator.set_state(seeds)
+        colour, _ = kmeans_batched(colour_features(magnitude, threshold), k, n_init=n_init, generator=generator)
+        if generator is not None:
+            generator.set_state(after)
+        ari_colour = ari_scores(labels, colour.view(b, h, w))["ari_fg"]
     return {
         "mse": mse,
         "ari_fg": ari["ari_fg"],
@@ -525,6 +552,7 @@ def evaluate_batch(
         "inter_cluster": inter,
         "intra_cluster": intra,
         "phase_spread": phase_spread(magnitude, phase, 0.1 if threshold is None else threshold),
+        "ari_fg_colour": ari_colour,
         "n_objects": torch.as_tensor(n_objects, device=mse.device).long().reshape(b),
         "labels_pred": pred,
     }

@@ -8,7 +8,8 @@ colour, the magnitude weights alone tell objects apart: a reconstruction with th
 scores a high ARI-FG with every phase equal. Printed per checkpoint (mean ARI-FG over images):
 
 * ``paper``: the evaluation's own features;
-* ``magnitude_only``: the same features with every phase set to 0 (colour alone);
+* ``magnitude_only``: the same features with every phase set to 0 (colour alone; every
+  evaluation also logs it, as ``ari_fg_colour``);
 * ``pixel_phase``: one phase per pixel, arg(sum_c z_c), as (cos, sin) with no magnitude weight.
   Colour still leaks into it through per-channel phase offsets, so it bounds the phases' share
   from above rather than measuring it.
@@ -28,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ctcae_core.checkpoint import load_checkpoint  # noqa: E402
 from ctcae_core.data import open_split  # noqa: E402
-from ctcae_core.metrics import ari_scores, count_label_clusters, kmeans_batched, phase_features  # noqa: E402
+from ctcae_core.metrics import ari_scores, colour_features, count_label_clusters, kmeans_batched, phase_features  # noqa: E402
 
 
 def control_features(magnitude: torch.Tensor, phase: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -37,7 +38,7 @@ def control_features(magnitude: torch.Tensor, phase: torch.Tensor) -> dict[str, 
     psi = torch.atan2(im, re)  # (b, h, w)
     return {
         "paper": phase_features(magnitude, phase),
-        "magnitude_only": phase_features(magnitude, torch.zeros_like(phase)),
+        "magnitude_only": colour_features(magnitude),
         "pixel_phase": torch.stack((torch.cos(psi), torch.sin(psi)), -1).flatten(1, 2),
     }
 

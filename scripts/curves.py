@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 REPORT_DIR = ROOT / "reports" / "curves"
 RUNS_FILE = REPORT_DIR / "runs.yaml"
 DEFAULT_RUN_ROOT = Path(os.environ.get("CTCAE_CURVES_DIR", Path.home() / ".cache" / "ctcae" / "curves"))
-COLUMNS = ("run", "step", "wall_s", "cpu_s", "loss", "mse", "contrastive", "val_mse", "val_ari_fg", "val_ari_full", "val_phase_spread")
+COLUMNS = ("run", "step", "wall_s", "cpu_s", "loss", "mse", "contrastive", "val_mse", "val_ari_fg", "val_ari_full", "val_phase_spread",
+           "val_ari_fg_colour")  # val_ari_fg_colour: empty in rows evaluated before it was logged
 THRESHOLDS = (0.3, 0.5, 0.7)
 
 
@@ -179,6 +180,13 @@ def seeds_table(per_run: dict[str, list[dict[str, Any]]], steps: tuple[int, ...]
     return "\n".join(lines)
 
 
+def _with_colour(row: dict[str, Any]) -> str:
+    """``ARI-FG (ARI-FG of colour alone)`` of one evaluation; ``–`` for the control in rows
+    evaluated before it was logged."""
+    colour = row.get("val_ari_fg_colour") or ""
+    return f"{float(row['val_ari_fg']):.3f} ({float(colour):.3f})" if colour != "" else f"{float(row['val_ari_fg']):.3f} (–)"
+
+
 def _fill(text: str, tag: str, table: str) -> str:
     """Put ``table`` between ``<!-- tag -->`` and ``<!-- /tag -->`` (added at the end if missing)."""
     if f"<!-- {tag} -->" not in text:
@@ -211,8 +219,8 @@ def write_report(run_root: Path, report_dir: Path = REPORT_DIR) -> Path:
         if (run_root / name / "checkpoint_last.pt").is_file():
             render_panel(run_root / name / "checkpoint_last.pt", report_dir / "panels" / f"{name}.png")
     lines = ["| run | steps | CPU h | " + " | ".join(f"ARI-FG >= {t}: step (CPU h)" for t in THRESHOLDS)
-             + " | best ARI-FG (step) | phase spread there | last phase spread |",
-             "|" + "---|" * (6 + len(THRESHOLDS))]
+             + " | best ARI-FG (step) | phase spread there | last phase spread | last ARI-FG (colour alone) |",
+             "|" + "---|" * (7 + len(THRESHOLDS))]
     for name, rows in per_run.items():
         cells = []
         for t in THRESHOLDS:
@@ -222,7 +230,7 @@ def write_report(run_root: Path, report_dir: Path = REPORT_DIR) -> Path:
         last = rows[-1]
         lines.append(f"| {name} | {last['step']} | {float(last['cpu_s']) / 3600:.2f} | " + " | ".join(cells)
                      + f" | {float(best['val_ari_fg']):.3f} ({best['step']}) | {float(best['val_phase_spread']):.3f}"
-                     + f" | {float(last['val_phase_spread']):.3f} |")
+                     + f" | {float(last['val_phase_spread']):.3f} | {_with_colour(last)} |")
     table = "\n".join(lines)
     readme = report_dir / "README.md"
     text = readme.read_text() if readme.is_file() else "# Learning curves\n"

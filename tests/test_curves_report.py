@@ -80,3 +80,17 @@ def test_a_report_on_a_fresh_machine_keeps_the_committed_rows_of_runs_it_has_not
     text = readme.read_text()
     assert "| cae_half_s0 | 1000 |" in text and "| cae_half_s1 | 1000 |" in text and "cae_half_s2 |" not in text
     assert (report_dir / "curves.png").stat().st_size > 10_000
+
+
+def test_the_table_shows_the_colour_control_where_it_was_logged(tmp_path):
+    report_dir, run_root = tmp_path / "report", tmp_path / "runs"
+    report_dir.mkdir()
+    (report_dir / "runs.yaml").write_text("runs:\n  ctcae_half_s0: {profile: ctcae_tetrominoes_half}\n"
+                                          "  ctcae_half_s1: {profile: ctcae_tetrominoes_half}\n")
+    old = _full_rows("ctcae_half_s0", {500: 0.31})  # evaluated before the control was logged
+    new = [{**r, "val_ari_fg_colour": 0.25} for r in _full_rows("ctcae_half_s1", {500: 0.41})]
+    _write_rows(report_dir / "curves.csv", old + new)
+    text = write_report(run_root, report_dir).read_text()
+    assert "| 0.310 (–) |" in text and "| 0.410 (0.250) |" in text
+    rows = _read_rows(report_dir / "curves.csv")
+    assert [r["val_ari_fg_colour"] for r in rows] == ["", "0.25"]

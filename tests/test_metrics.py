@@ -20,6 +20,7 @@ from ctcae_core.metrics import (
     cluster_distances,
     cluster_phases,
     cluster_phases_sklearn,
+    colour_features,
     count_label_clusters,
     evaluate_batch,
     kmeans_batched,
@@ -291,6 +292,48 @@ def test_evaluate_batch_values() -> None:
     assert (out["inter_cluster"] > out["intra_cluster"]).all()  # separable phases
 
 
+def _two_objects() -> torch.Tensor:
+    """(2, 8, 8) labels: background 0, object 1 on the left half and object 2 on the right (rows 2-5)."""
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[:, 2:6, :4], labels[:, 2:6, 4:] = 1, 2
+    return labels
+
+
+def test_ari_fg_colour_tells_colour_from_phase() -> None:
+    labels = _two_objects()
+    images = torch.zeros(2, 3, 8, 8)
+    n_objects = torch.tensor([2, 2])
+    # image 0: object 1 red, object 2 green, every phase 0 -> colour alone separates them;
+    # image 1: both objects white, object 2 at phase 2 rad -> only the phases separate them.
+    mag = torch.zeros(2, 3, 8, 8)
+    mag[0, 0][labels[0] == 1], mag[0, 1][labels[0] == 2] = 1.0, 1.0
+    mag[1][:, labels[1] >= 1] = 1.0
+    phase = torch.zeros_like(mag)
+    phase[1][:, labels[1] == 2] = 2.0
+    out = evaluate_batch(images, images, mag, phase, labels, n_objects, generator=torch.Generator().manual_seed(0))
+    assert out["ari_fg"].tolist() == [1.0, 1.0]
+    assert out["ari_fg_colour"][0].item() == 1.0  # earned by colour
+    assert abs(out["ari_fg_colour"][1].item()) < 1e-9  # colour tells the white objects nothing
+    full = phase_features(mag, torch.zeros_like(phase))  # every phase 0
+    assert torch.equal(full[..., 1::2], torch.zeros_like(full[..., 1::2]))  # sin 0: nothing of the phase left
+    assert torch.equal(colour_features(mag), full[..., 0::2])  # the cos weights, the zeros dropped
+
+
+def test_ari_fg_colour_leaves_the_phase_clustering_and_its_generator_alone() -> None:
+    b, size = 6, 16
+    labels, n_objects, mag, phase = synthetic_scenes(b, size, 3, noise=0.6, seed=4)
+    images = torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(1))
+    g, ref_g = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    out = evaluate_batch(images, images, mag, phase, labels, n_objects, generator=g)
+    ref = cluster_phases(mag, phase, count_label_clusters(labels), generator=ref_g)
+    assert torch.equal(out["labels_pred"], ref)  # the phase clustering draws what it drew before
+    assert torch.equal(g.get_state(), ref_g.get_state())  # and leaves the generator where it left it
+    colour_g = torch.Generator().manual_seed(3)
+    colour, _ = kmeans_batched(colour_features(mag), count_label_clusters(labels), n_init=10, generator=colour_g)
+    want = ari_scores(labels, colour.view(b, size, size))["ari_fg"]
+    assert torch.equal(out["ari_fg_colour"].nan_to_num(-5), want.nan_to_num(-5))  # the same seeds as the phases'
+
+
 def _metrics(values: dict[str, list[float]]) -> dict[str, torch.Tensor]:
     return {k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()}
 
@@ -305,6 +348,7 @@ def test_metric_accumulator_means_per_object_count() -> None:
             "inter_cluster": [1.0, 2.0, nan],
             "intra_cluster": [0.1, 0.1, 0.4],
             "phase_spread": [0.01, 0.02, 0.03],
+            "ari_fg_colour": [0.4, nan, 0.1],
         }
     )
     batch2 = _metrics(
@@ -315,6 +359,7 @@ def test_metric_accumulator_means_per_object_count() -> None:
             "inter_cluster": [3.0, 4.0],
             "intra_cluster": [0.2, 0.2],
             "phase_spread": [nan, 0.14],
+            "ari_fg_colour": [0.3, 0.0],
         }
     )
     n1, n2 = torch.tensor([2, 0, 3]), torch.tensor([2, 3])
@@ -329,6 +374,7 @@ def test_metric_accumulator_means_per_object_count() -> None:
     assert res["inter_cluster"] == pytest.approx(10.0 / 4)
     assert res["intra_cluster"] == pytest.approx(1.0 / 5)
     assert res["phase_spread"] == pytest.approx(0.2 / 4)
+    assert res["ari_fg_colour"] == pytest.approx(0.8 / 4)
     assert (res["count_n0"], res["count_n2"], res["count_n3"]) == (1, 2, 2)
     assert "count_n1" not in res and "ari_fg_n1" not in res
     assert "ari_fg_n0" not in res  # its only value is NaN

@@ -12,7 +12,8 @@ import pandas as pd
 from ctcae_core.metric_names import per_count_values
 from search.reporting.runs import ARCH_KEYS, DATASET_KEY, SEED_KEYS, TRAIN_FILTER_KEY, StudyRuns, typed_param
 
-TABLE_METRICS = (("mse", "test_mse"), ("ari_fg", "test_ari_fg"), ("ari_full", "test_ari_full"), ("phase_spread", "test_phase_spread"))
+TABLE_METRICS = (("mse", "test_mse"), ("ari_fg", "test_ari_fg"), ("ari_full", "test_ari_full"), ("phase_spread", "test_phase_spread"),
+                 ("ari_fg_colour", "test_ari_fg_colour"))
 SEP_METRICS = (("inter_cluster", "test_inter_cluster"), ("intra_cluster", "test_intra_cluster"))
 
 
@@ -90,7 +91,8 @@ def _variant_groups(fin: pd.DataFrame, vkeys: list[str]) -> Iterator[tuple[dict[
 
 
 def paper_table(fin: pd.DataFrame, vkeys: list[str]) -> pd.DataFrame:
-    """Per (dataset, variant): n and mean/std of test MSE, ARI-FG, ARI-FULL, phase spread (sample std, ddof=1)."""
+    """Per (dataset, variant): n and mean/std of test MSE, ARI-FG, ARI-FULL, phase spread and ARI-FG of
+    colour alone (sample std, ddof=1; NaN for runs logged before that metric existed)."""
     if fin.empty:
         return pd.DataFrame()
     rows = []
