@@ -160,6 +160,10 @@ class TrainConfig:
     # evaluation): evaluation is forward-only and its convolutions are most of its time, so bf16
     # there is the one large speed-up of evaluation; k-means, ARI and the phase spread stay fp32.
     eval_precision: str = "fp32"
+    # Each evaluation also clusters colour alone (every output phase set to 0) and reports its
+    # ARI-FG as ari_fg_colour (docs/model.md); false saves that second k-means (about 14% of the
+    # paper CtCAE's fp32 evaluation time on one thread).
+    eval_colour: bool = True
     # Off the CPU, hold the train and val splits on the training device (uint8) and gather each
     # batch there, instead of copying it from host memory every step. No effect on the CPU.
     data_on_device: bool = True

@@ -40,11 +40,13 @@ def evaluate(
     max_images: int | None = None,
     distributed: bool = False,
     precision: str = "fp32",
+    colour: bool = True,
 ) -> dict[str, float]:
     """Evaluate ``model`` on the first ``max_images`` images of ``dataset``.
 
     ``precision`` (``train.precision``'s values) autocasts the model's forward only, as training
-    runs it; k-means, ARI, MSE and phase spread are computed in fp32 either way.
+    runs it; k-means, ARI, MSE and phase spread are computed in fp32 either way. Without
+    ``colour`` the colour-alone control is not clustered and ``ari_fg_colour`` is left out.
 
     With ``distributed`` (torch.distributed initialised), each rank evaluates a strided share of
     the images and the sums are all-reduced, so every rank returns the same numbers.
@@ -69,7 +71,8 @@ def evaluate(
             with autocast:
                 out = net(images)
             metrics = evaluate_batch(
-                images, out.recon, out.out_magnitude, out.out_phase, labels, batch["n_objects"], generator=generator
+                images, out.recon, out.out_magnitude, out.out_phase, labels, batch["n_objects"], generator=generator,
+                colour=colour,
             )
             acc.update(metrics)
     net.train(was_training)
@@ -77,7 +80,10 @@ def evaluate(
         state = acc.to_tensor().to(device)
         dist.all_reduce(state)
         acc = MetricAccumulator.from_tensor(state)
-    return acc.compute()
+    result = acc.compute()
+    if not colour:
+        del result["ari_fg_colour"]
+    return result
 
 
 def evaluate_checkpoint(

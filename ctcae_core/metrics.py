@@ -508,6 +508,7 @@ def evaluate_batch(
     generator: torch.Generator | None = None,
     threshold: float | None = 0.1,
     n_init: int = 10,
+    colour: bool = True,
 ) -> dict[str, torch.Tensor]:
     """All per-image evaluation metrics of one batch (paper protocol).
 
@@ -526,7 +527,8 @@ def evaluate_batch(
         K per image = distinct ground-truth labels (background included, -1 excluded).
         ``ari_fg_colour`` clusters :func:`colour_features` with the same k-means seeds as the
         phase features; ``generator`` leaves in the state the phase clustering alone leaves it
-        in, so ``ari_fg`` does not depend on the control.
+        in, so ``ari_fg`` does not depend on the control. Without ``colour`` it is not clustered
+        and ``ari_fg_colour`` is NaN.
     """
     b, _, h, w = phase.shape
     with torch.no_grad():
@@ -538,13 +540,15 @@ def evaluate_batch(
         inter, intra = cluster_distances(feats, pred)
         pred = pred.view(b, h, w)
         ari = ari_scores(labels, pred)
-        after = generator.get_state() if generator is not None else None
-        if generator is not None:
-            generator.set_state(seeds)
-        colour, _ = kmeans_batched(colour_features(magnitude, threshold), k, n_init=n_init, generator=generator)
-        if generator is not None:
-            generator.set_state(after)
-        ari_colour = ari_scores(labels, colour.view(b, h, w))["ari_fg"]
+        ari_colour = torch.full_like(mse, float("nan"))
+        if colour:
+            after = generator.get_state() if generator is not None else None
+            if generator is not None:
+                generator.set_state(seeds)
+            by_colour, _ = kmeans_batched(colour_features(magnitude, threshold), k, n_init=n_init, generator=generator)
+            if generator is not None:
+                generator.set_state(after)
+            ari_colour = ari_scores(labels, by_colour.view(b, h, w))["ari_fg"]
     return {
         "mse": mse,
         "ari_fg": ari["ari_fg"],

@@ -288,7 +288,7 @@ def _evaluate(run: _Run, val_ds: Any, running: dict[str, float], done: int, t_st
     tc = run.config.train
     val = evaluate(
         run.net, val_ds, batch_size=tc.batch_size, device=run.device, seed=tc.seed,
-        max_images=tc.eval_images, distributed=run.distributed, precision=tc.eval_precision,
+        max_images=tc.eval_images, distributed=run.distributed, precision=tc.eval_precision, colour=tc.eval_colour,
     )
     metrics: dict[str, Any] = {"step": done}
     n = max(running.pop("n", 1), 1)

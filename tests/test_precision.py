@@ -10,6 +10,7 @@ is not for runs meant to reproduce the paper's numbers; the test only pins cosin
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -99,6 +100,18 @@ def test_evaluate_precision_autocasts_the_forward_and_keeps_the_metrics_fp32():
         evaluate(model, scenes, precision="fp16")
     with pytest.raises(ConfigError, match="'fp8'"):
         evaluate(model, scenes, precision="fp8")
+
+
+def test_evaluate_without_the_colour_control_leaves_every_other_metric_unchanged():
+    from ctcae_core.evaluate import evaluate
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(SMALL, phase_bias_init=3.14), 32)
+    scenes = _Scenes(4)
+    full = evaluate(model, scenes, batch_size=2)
+    assert math.isfinite(full["ari_fg_colour"])  # measured by default
+    lean = evaluate(model, scenes, batch_size=2, colour=False)  # train.eval_colour: false
+    assert "ari_fg_colour" not in lean and lean == {k: v for k, v in full.items() if k != "ari_fg_colour"}
 
 
 def _block_layouts(model: torch.nn.Module) -> list[tuple[str, bool, bool]]:
