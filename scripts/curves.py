@@ -183,8 +183,11 @@ def seeds_table(per_run: dict[str, list[dict[str, Any]]], steps: tuple[int, ...]
 def _with_colour(row: dict[str, Any]) -> str:
     """``ARI-FG (ARI-FG of colour alone)`` of one evaluation; ``–`` for the control in rows
     evaluated before it was logged."""
+    def f(x: str) -> str:
+        return f"{round(float(x), 3) + 0.0:.3f}"  # + 0.0: -0.0004 prints 0.000, not -0.000
+
     colour = row.get("val_ari_fg_colour") or ""
-    return f"{float(row['val_ari_fg']):.3f} ({float(colour):.3f})" if colour != "" else f"{float(row['val_ari_fg']):.3f} (–)"
+    return f"{f(row['val_ari_fg'])} ({f(colour)})" if colour != "" else f"{f(row['val_ari_fg'])} (–)"
 
 
 def _fill(text: str, tag: str, table: str) -> str:
