@@ -132,7 +132,7 @@ def format_table(df: pd.DataFrame, top: int = 10) -> str:
     """The best ``top`` trials: config differences, objective, main test metrics, timings."""
     if df.empty:
         return "(no trials)"
-    keep = ("test_ari_fg", "test_ari_full", "test_mse")
+    keep = ("test_ari_fg", "test_ari_fg_colour", "test_ari_full", "test_mse")  # colour: what ARI-FG scores without the phases
     per_count = re.compile(r"test_ari_(fg|full)_n\d+")  # per object count (ctcae_core/metric_names.py)
     cols = [c for c in df.columns if not c.startswith("test_") or c in keep or per_count.fullmatch(c)]
     with pd.option_context("display.width", 250, "display.max_columns", 40, "display.float_format", "{:.4g}".format):

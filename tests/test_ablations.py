@@ -18,7 +18,7 @@ from search.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = sorted((ROOT / "ablations").glob("*.yaml"))
-MINE = ("paper", "paper_small", "generalization", "generalization_small", "contrastive", "contrastive_small")
+MINE = ("paper", "paper_small", "paper_half", "generalization", "generalization_small", "contrastive", "contrastive_small")
 SPEC = re.compile(r"(?P<name>[a-z_]+)(?::(?P<lo>\d+)-(?P<hi>\d+))?$")
 DEFAULT_RANGE = {"tetrominoes": (3, 3), "multi_dsprites": (2, 5), "clevr_like": (3, 6)}
 
@@ -97,6 +97,14 @@ def test_paper_small_is_three_variants_by_three_seeds_on_tetrominoes() -> None:
     assert set(by_ds) == {"tetrominoes"}
     assert set(by_ds["tetrominoes"]) == {"CAE", "CAE++", "CtCAE"}
     assert all(len(s) >= 3 for s in by_ds["tetrominoes"].values())
+
+
+def test_paper_half_is_caepp_against_ctcae_by_three_seeds_at_half_width() -> None:
+    study = load_study(ROOT / "ablations" / "paper_half.yaml")
+    by_ds = _variants_by_dataset(study)
+    assert set(by_ds) == {"tetrominoes"} and set(by_ds["tetrominoes"]) == {"CAE++", "CtCAE"}
+    assert all(s == {0, 1, 2} for s in by_ds["tetrominoes"].values())
+    assert study.base.model.enc_channels == (64, 64, 128, 128, 128) and study.base.model.linear_dim == 128
 
 
 def _trained_on(filter_text: str, counts: range) -> set[int]:
