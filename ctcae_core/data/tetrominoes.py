@@ -99,30 +99,32 @@ def piece_mask(orientation: int) -> np.ndarray:
     return m
 
 
-def generate(n: int, rng: np.random.Generator, n_objects: tuple[int, int] = DEFAULT_OBJECTS) -> SceneBatch:
-    """Generate `n` scenes, vectorised over images.
+MAX_TRIES = 10000  # draws of one slot before a scene that cannot take its next piece is redrawn whole
+MAX_RESTARTS = 1000
 
-    Pieces are placed one slot at a time for all images at once; a placement that
-    overlaps an earlier piece is redrawn (orientation, position) until it fits.
+
+def _place(counts: np.ndarray, colors: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Place ``counts[i]`` pieces in scene i, one slot at a time for all scenes at once; a
+    placement that overlaps an earlier piece is redrawn (orientation, position) until it fits.
+    A scene whose next piece still does not fit after MAX_TRIES draws (earlier pieces leave no
+    room: likely from 6 pieces on) is given up and flagged in ``stuck`` for the caller to redraw.
     """
-    lo, hi = int(n_objects[0]), int(n_objects[1])
-    if not 1 <= lo <= hi <= MAX_OBJECTS:
-        raise ValueError(f"tetrominoes: n_objects range must satisfy 1 <= min <= max <= {MAX_OBJECTS}, got {n_objects}")
-    counts = rng.integers(lo, hi + 1, size=n)  # (n,)
-    colors = rng.integers(0, 6, size=(n, hi))  # (n, k)
+    n, hi = colors.shape
     orient = np.full((n, hi), -1, dtype=np.int64)
     rows = np.full((n, hi), -1, dtype=np.int64)
     cols = np.full((n, hi), -1, dtype=np.int64)
     occ = np.zeros((n, SIZE, SIZE), dtype=bool)
     images = np.zeros((n, SIZE, SIZE, 3), dtype=np.uint8)
     labels = np.zeros((n, SIZE, SIZE), dtype=np.int8)
+    stuck = np.zeros(n, dtype=bool)
     for k in range(hi):
-        pending = np.nonzero(counts > k)[0]
+        pending = np.nonzero((counts > k) & ~stuck)[0]
         tries = 0
         while pending.size:
             tries += 1
-            if tries > 10000:
-                raise RuntimeError("tetrominoes: could not place a piece after 10000 tries; lower the object count")
+            if tries > MAX_TRIES:
+                stuck[pending] = True
+                break
             o = rng.integers(0, 19, size=pending.size)
             r = rng.integers(0, SIZE - _HS[o] + 1)
             c = rng.integers(0, SIZE - _WS[o] + 1)
@@ -142,6 +144,33 @@ def generate(n: int, rng: np.random.Generator, n_objects: tuple[int, int] = DEFA
                 rows[img_idx, k] = r[ok]
                 cols[img_idx, k] = c[ok]
             pending = pending[clash]
+    return orient, rows, cols, images, labels, stuck
+
+
+def generate(n: int, rng: np.random.Generator, n_objects: tuple[int, int] = DEFAULT_OBJECTS) -> SceneBatch:
+    """Generate `n` scenes, vectorised over images.
+
+    Pieces are placed one slot at a time for all images at once; a placement that overlaps an
+    earlier piece is redrawn (orientation, position) until it fits, and a scene whose earlier
+    pieces leave no room for the next is redrawn whole (same count and colours). Scenes that never
+    get stuck come out exactly as before the redraw existed (the same draws in the same order).
+    """
+    lo, hi = int(n_objects[0]), int(n_objects[1])
+    if not 1 <= lo <= hi <= MAX_OBJECTS:
+        raise ValueError(f"tetrominoes: n_objects range must satisfy 1 <= min <= max <= {MAX_OBJECTS}, got {n_objects}")
+    counts = rng.integers(lo, hi + 1, size=n)  # (n,)
+    colors = rng.integers(0, 6, size=(n, hi))  # (n, k)
+    orient, rows, cols, images, labels, stuck = _place(counts, colors, rng)
+    for _ in range(MAX_RESTARTS):
+        if not stuck.any():
+            break
+        idx = np.nonzero(stuck)[0]
+        o2, r2, c2, im2, lb2, stuck2 = _place(counts[idx], colors[idx], rng)
+        orient[idx], rows[idx], cols[idx], images[idx], labels[idx] = o2, r2, c2, im2, lb2
+        stuck[idx] = stuck2
+    else:
+        raise RuntimeError(f"tetrominoes: {int(stuck.sum())} scene(s) of {hi} pieces could not be placed "
+                           f"in {MAX_RESTARTS} redraws; lower the object count")
     valid = np.arange(hi)[None, :] < counts[:, None]
     factors = {
         "orientation": orient.astype(np.int16),
