@@ -22,6 +22,7 @@ import argparse
 import csv
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -154,6 +155,16 @@ def _mean_std(xs: list[float]) -> str:
     return f"{f(statistics.mean(xs))} ± {f(statistics.stdev(xs))}" if len(xs) > 1 else f(xs[0])
 
 
+def caepp_baseline(group: str) -> str | None:
+    """The CAE++ group a CtCAE group is paired with: the same name with ``caepp`` for ``ctcae``
+    and without the parts that set only the contrastive loss (``_w<weight>``, ``_t<temperature>``,
+    which CAE++ has no use for): ``ctcae_small_pbias_w1e3`` -> ``caepp_small_pbias``."""
+    if not group.startswith("ctcae_"):
+        return None
+    parts = [p for p in group[len("ctcae_"):].split("_") if not re.fullmatch(r"[wt]\d[\w.]*", p)]
+    return "caepp_" + "_".join(parts)
+
+
 def seeds_table(per_run: dict[str, list[dict[str, Any]]], steps: tuple[int, ...] = (500, 1000, 1500, 2000, 3000, 4500, 6000, 7500)) -> str:
     """Validation ARI-FG over seeds at equal steps (mean ± sample std, the seeds that reached the
     step), for every group of two or more seeds; then CtCAE against CAE++ seed by seed: a seed
@@ -168,14 +179,15 @@ def seeds_table(per_run: dict[str, list[dict[str, Any]]], steps: tuple[int, ...]
             cells.append(f"{_mean_std(xs)} (n={len(xs)})" if xs else "–")
         lines.append(f"| {g}_s* | {','.join(map(str, sorted(seeds)))} | " + " | ".join(cells) + " |")
     for g, seeds in groups.items():
-        if not g.startswith("ctcae_") or f"caepp_{g[len('ctcae_'):]}" not in groups:
+        base = caepp_baseline(g)
+        if base is None or base not in groups:
             continue
-        other = groups[f"caepp_{g[len('ctcae_'):]}"]
+        other = groups[base]
         cells = []
         for t in steps:
             diffs = [seeds[k][t] - other[k][t] for k in sorted(set(seeds) & set(other)) if t in seeds[k] and t in other[k]]
             cells.append(f"{_mean_std(diffs)}, {sum(d > 0 for d in diffs)} of {len(diffs)} > 0" if diffs else "–")
-        lines.append(f"| {g} − caepp, same seed | {','.join(map(str, sorted(set(seeds) & set(other))))} | "
+        lines.append(f"| {g} − {base}, same seed | {','.join(map(str, sorted(set(seeds) & set(other))))} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from curves import COLUMNS, _fill, _read_rows, _write_rows, seed_groups, seeds_table, write_report  # noqa: E402
+from curves import COLUMNS, _fill, _read_rows, _write_rows, caepp_baseline, seed_groups, seeds_table, write_report  # noqa: E402
 
 
 def _rows(name: str, values: dict[int, float]) -> list[dict[str, str]]:
@@ -34,14 +34,28 @@ def test_groups_split_the_seed_off_the_name():
 def test_table_means_stds_and_paired_differences_match_statistics():
     lines = seeds_table(RUNS, steps=(1000, 3000)).splitlines()
     rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in lines[2:]}
-    assert set(rows) == {"ctcae_small_pbias_s*", "caepp_small_pbias_s*", "ctcae_small_pbias − caepp, same seed"}
+    assert set(rows) == {"ctcae_small_pbias_s*", "caepp_small_pbias_s*", "ctcae_small_pbias − caepp_small_pbias, same seed"}
     ct = [0.266, 0.450, 0.349]
     assert f"{statistics.mean(ct):.3f} ± {statistics.stdev(ct):.3f} (n=3)" in rows["ctcae_small_pbias_s*"]
     assert f"{statistics.mean([0.547, 0.712]):.3f} ± {statistics.stdev([0.547, 0.712]):.3f} (n=2)" in rows["ctcae_small_pbias_s*"]
     d1000, d3000 = [0.266 - 0.255, 0.450 - 0.395], [0.547 - 0.548, 0.712 - 0.647]
-    paired = rows["ctcae_small_pbias − caepp, same seed"]
+    paired = rows["ctcae_small_pbias − caepp_small_pbias, same seed"]
     assert f"{statistics.mean(d1000):.3f} ± {statistics.stdev(d1000):.3f}, 2 of 2 > 0" in paired
     assert f"{statistics.mean(d3000):.3f} ± {statistics.stdev(d3000):.3f}, 1 of 2 > 0" in paired
+
+
+def test_a_ctcae_group_with_its_own_contrastive_weight_pairs_with_the_caepp_group_without_it():
+    assert caepp_baseline("ctcae_small_pbias_w1e3") == "caepp_small_pbias"
+    assert caepp_baseline("ctcae_half_pbias_t0.1") == "caepp_half_pbias"
+    assert caepp_baseline("ctcae_small_pbias_bf16") == "caepp_small_pbias_bf16"  # not a contrastive setting
+    assert caepp_baseline("caepp_small_pbias") is None
+    runs = dict(RUNS)
+    runs["ctcae_small_pbias_w1e3_s0"] = _rows("ctcae_small_pbias_w1e3_s0", {3000: 0.600})
+    runs["ctcae_small_pbias_w1e3_s1"] = _rows("ctcae_small_pbias_w1e3_s1", {3000: 0.700})
+    lines = seeds_table(runs, steps=(3000,)).splitlines()
+    paired = next(ln for ln in lines if ln.startswith("| ctcae_small_pbias_w1e3 − caepp_small_pbias, same seed"))
+    d = [0.600 - 0.548, 0.700 - 0.647]
+    assert f"{statistics.mean(d):.3f} ± {statistics.stdev(d):.3f}, 2 of 2 > 0" in paired
 
 
 def test_a_tiny_negative_mean_prints_as_zero():
