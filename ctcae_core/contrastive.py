@@ -119,19 +119,20 @@ def positions_at_ranks(dist: Tensor, anchors: Tensor, ranks: Tensor) -> Tensor:
 def soft_target_infonce(features: Tensor, pairs: Pairs, temperature: float) -> Tensor:
     """Soft-target cross-entropy of anchors against their pairs; positives share the target mass.
 
-    features: (b, d, n) phase vectors. Logits = cos-similarity / temperature.
+    features: (b, d, n) phase vectors. Logits = cos-similarity / temperature, where the cosine
+    similarity of p and a is p . a / (max(|p|, 1e-12) max(|a|, 1e-12)) (0 for a zero vector).
+
+    The features are normalised once per position (b, d, n), not once per pair, and the pairs are
+    gathered channel-major, (b, d, A * (P + N)): with the decoder's d = 3 channels a pair-major
+    layout (..., d) leaves every elementwise pass and its backward a stride-3 innermost loop.
     """
     b, d, _ = features.shape
-    ft = features.transpose(1, 2).contiguous()  # (b, n, d): channel vectors contiguous
     idx = pairs.index  # (b, A, P + N)
     n_a, n_k = idx.shape[1], idx.shape[2]
-    pair_feat = torch.gather(ft, 1, idx.reshape(b, n_a * n_k, 1).expand(b, n_a * n_k, d)).view(b, n_a, n_k, d)
-    anchor_feat = ft[:, pairs.anchors]  # (b, A, d)
-    dots = (pair_feat @ anchor_feat.unsqueeze(-1)).squeeze(-1)  # (b, A, P + N)
-    # cosine similarity without materialising normalised copies of the pair features
-    norms = torch.linalg.vector_norm(pair_feat, dim=-1).clamp_min(1e-12)
-    anchor_norm = torch.linalg.vector_norm(anchor_feat, dim=-1, keepdim=True).clamp_min(1e-12)
-    logits = dots / (norms * anchor_norm) / temperature
+    unit = unit_vectors(features)  # (b, d, n)
+    pair_unit = torch.gather(unit, 2, idx.reshape(b, 1, n_a * n_k).expand(b, d, n_a * n_k)).view(b, d, n_a, n_k)
+    anchor_unit = unit[:, :, pairs.anchors].unsqueeze(-1)  # (b, d, A, 1)
+    logits = (pair_unit * anchor_unit).sum(dim=1) / temperature  # (b, A, P + N)
     n_pos = pairs.n_positives
     log_p = F.log_softmax(logits, dim=2)
     return -(log_p[:, :, :n_pos].sum(dim=2) / n_pos).mean()

@@ -84,6 +84,42 @@ def test_soft_targets_share_mass_among_positives():
     assert torch.allclose(soft_target_infonce(feats, pairs, 0.1), expect, atol=1e-5)
 
 
+def _infonce_by_pair(features: torch.Tensor, pairs: Pairs, temperature: float) -> torch.Tensor:
+    """The loss written pair by pair from its definition (docs/model.md), as a reference."""
+    b = features.shape[0]
+    rows = []
+    for i in range(b):
+        for a_i, anchor in enumerate(pairs.anchors.tolist()):
+            a = features[i, :, anchor]
+            cos = []
+            for j in pairs.index[i, a_i].tolist():
+                p = features[i, :, j]
+                cos.append((p @ a) / (p.norm().clamp_min(1e-12) * a.norm().clamp_min(1e-12)))
+            log_p = torch.log_softmax(torch.stack(cos) / temperature, 0)
+            rows.append(-log_p[: pairs.n_positives].mean())
+    return torch.stack(rows).mean()
+
+
+@pytest.mark.parametrize("d", [3, 8])
+def test_infonce_value_and_gradient_equal_the_pair_by_pair_definition(d):
+    b, n, n_a, n_pos, n_neg = 3, 40, 6, 2, 9
+    g = torch.Generator().manual_seed(d)
+    features = torch.randn(b, d, n, generator=g, dtype=torch.float64)
+    features[:, :, 5] = 0.0  # a zero phase vector (every channel's phase 0, as at the symmetric start)
+    anchors = torch.tensor([5, 0, 7, 11, 20, 39])
+    index = torch.stack([torch.stack([torch.randperm(n, generator=g)[: n_pos + n_neg] for _ in range(n_a)]) for _ in range(b)])
+    index[0, 1, 0] = 5  # the zero vector as a positive, and as an anchor above
+    pairs = Pairs(anchors, index, n_pos)
+    f1 = features.clone().requires_grad_()
+    f2 = features.clone().requires_grad_()
+    loss, ref = soft_target_infonce(f1, pairs, 0.07), _infonce_by_pair(f2, pairs, 0.07)
+    loss.backward()
+    ref.backward()
+    assert torch.isfinite(f1.grad).all()
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(f1.grad, f2.grad, rtol=1e-10, atol=1e-12)
+
+
 def test_same_seed_same_pairs_and_loss():
     torch.manual_seed(0)
     mag, phase = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16) * 6 - 3

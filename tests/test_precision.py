@@ -148,11 +148,14 @@ def test_the_channels_last_layout_changes_no_value(monkeypatch, decoder):
         assert len(seen) == 10 and all(m_cl == phi_cl == (layout == torch.channels_last) for _, m_cl, phi_cl in seen)
     (l0, g0, p0), (l1, g1, p1) = results[torch.contiguous_format], results[torch.channels_last]
     assert abs(l1 - l0) <= 1e-5 * abs(l0)
-    assert float((p1 - p0).abs().max()) <= 1e-4 * float(p0.abs().max())  # the complex output (measured 4-5e-5)
+    # the complex output: measured 4-5e-5 on 2 threads, 1.4e-4 on one (transposed-conv decoder)
+    assert float((p1 - p0).abs().max()) <= 1e-3 * float(p0.abs().max())
     for name in g0:
         if float(g0[name].norm()) < 1e-5:
             continue  # the conv magnitude biases before BatchNorm: gradient 0 up to rounding (1e-8-1e-7)
-        assert float((g1[name] - g0[name]).norm()) <= 1e-3 * float(g0[name].norm()), name  # measured <= 2e-4
+        # measured <= 2e-4 on 2 threads, and up to 2.7e-3 on one (OMP_NUM_THREADS=1: the phase biases of
+        # encoder.1, through the contrastive term); a layout bug would be of order 1
+        assert float((g1[name] - g0[name]).norm()) <= 5e-3 * float(g0[name].norm()), name
 
 
 def test_bf16_on_the_cpu_runs_the_convolutions_channels_last_and_fp32_nchw():
