@@ -136,13 +136,22 @@ def first_crossing(rows: list[dict[str, Any]], threshold: float) -> dict[str, An
     return None
 
 
-def seed_groups(per_run: dict[str, list[dict[str, Any]]]) -> dict[str, dict[int, dict[int, float]]]:
-    """Runs named ``<group>_s<seed>`` by group: {group: {seed: {step: val ARI-FG}}}."""
+def phase_gain(row: dict[str, Any]) -> float | None:
+    """What the phases add to ARI-FG: ARI-FG minus ARI-FG of colour alone (every output phase at
+    0, docs/model.md); None in rows evaluated before the control was logged."""
+    colour = row.get("val_ari_fg_colour")
+    return float(row["val_ari_fg"]) - float(colour) if colour not in (None, "") else None
+
+
+def seed_groups(per_run: dict[str, list[dict[str, Any]]], value=lambda r: float(r["val_ari_fg"])) -> dict[str, dict[int, dict[int, float]]]:
+    """Runs named ``<group>_s<seed>`` by group: {group: {seed: {step: value}}}, the value val
+    ARI-FG unless given; rows whose value is None and seeds left without rows are dropped."""
     groups: dict[str, dict[int, dict[int, float]]] = {}
     for name, rows in per_run.items():
         group, _, seed = name.rpartition("_s")
-        if group and seed.isdigit():
-            groups.setdefault(group, {})[int(seed)] = {int(r["step"]): float(r["val_ari_fg"]) for r in rows}
+        values = {int(r["step"]): v for r in rows if (v := value(r)) is not None}
+        if group and seed.isdigit() and values:
+            groups.setdefault(group, {})[int(seed)] = values
     return groups
 
 
@@ -165,12 +174,13 @@ def caepp_baseline(group: str) -> str | None:
     return "caepp_" + "_".join(parts)
 
 
-def seeds_table(per_run: dict[str, list[dict[str, Any]]], steps: tuple[int, ...] = (500, 1000, 1500, 2000, 3000, 4500, 6000, 7500)) -> str:
-    """Validation ARI-FG over seeds at equal steps (mean ± sample std, the seeds that reached the
-    step), for every group of two or more seeds; then CtCAE against CAE++ seed by seed: a seed
-    of both starts from the same weights and sees the same batches, so the difference is the
-    contrastive loss's."""
-    groups = {g: s for g, s in seed_groups(per_run).items() if len(s) > 1}
+def seeds_table(per_run: dict[str, list[dict[str, Any]]], steps: tuple[int, ...] = (500, 1000, 1500, 2000, 3000, 4500, 6000, 7500),
+                value=lambda r: float(r["val_ari_fg"])) -> str:
+    """Validation ARI-FG (or ``value`` of a row) over seeds at equal steps (mean ± sample std, the
+    seeds that reached the step), for every group of two or more seeds; then CtCAE against CAE++
+    seed by seed: a seed of both starts from the same weights and sees the same batches, so the
+    difference is the contrastive loss's."""
+    groups = {g: s for g, s in seed_groups(per_run, value).items() if len(s) > 1}
     lines = ["| runs | seeds | " + " | ".join(f"step {t}" for t in steps) + " |", "|" + "---|" * (2 + len(steps))]
     for g, seeds in groups.items():
         cells = []
@@ -189,7 +199,30 @@ def seeds_table(per_run: dict[str, list[dict[str, Any]]], steps: tuple[int, ...]
             cells.append(f"{_mean_std(diffs)}, {sum(d > 0 for d in diffs)} of {len(diffs)} > 0" if diffs else "–")
         lines.append(f"| {g} − {base}, same seed | {','.join(map(str, sorted(set(seeds) & set(other))))} | "
                      + " | ".join(cells) + " |")
+        lines.append(f"| {g} − {base}, in stds | {','.join(map(str, sorted(set(seeds) | set(other))))} | "
+                     + " | ".join(_gap_in_stds(seeds, other, t) for t in steps) + " |")
     return "\n".join(lines)
+
+
+def _gap_in_stds(a: dict[int, dict[int, float]], b: dict[int, dict[int, float]], step: int) -> str:
+    """The issue's test "A > B by more than one standard deviation", read two ways at one step:
+    the gap of the means over the larger of the two groups' sample stds (unpaired), and the mean
+    of the same-seed differences over their sample std (paired). ``–`` below two seeds."""
+    import statistics
+
+    xs, ys = [c[step] for c in a.values() if step in c], [c[step] for c in b.values() if step in c]
+    diffs = [a[k][step] - b[k][step] for k in set(a) & set(b) if step in a[k] and step in b[k]]
+    if len(xs) < 2 or len(ys) < 2:
+        return "–"
+    spread = max(statistics.stdev(xs), statistics.stdev(ys))
+    unpaired = (statistics.mean(xs) - statistics.mean(ys)) / spread if spread > 0 else float("nan")
+    def f(x: float) -> str:
+        return f"{round(x, 1) + 0.0:+.1f}"  # + 0.0: -0.04 prints +0.0, not -0.0
+
+    cell = f"{f(unpaired)} unpaired"
+    if len(diffs) > 1 and statistics.stdev(diffs) > 0:
+        cell += f", {f(statistics.mean(diffs) / statistics.stdev(diffs))} paired"
+    return cell
 
 
 def _with_colour(row: dict[str, Any]) -> str:
@@ -249,7 +282,8 @@ def write_report(run_root: Path, report_dir: Path = REPORT_DIR) -> Path:
     table = "\n".join(lines)
     readme = report_dir / "README.md"
     text = readme.read_text() if readme.is_file() else "# Learning curves\n"
-    readme.write_text(_fill(_fill(text, "table", table), "seeds", seeds_table(per_run)))
+    text = _fill(_fill(text, "table", table), "seeds", seeds_table(per_run))
+    readme.write_text(_fill(text, "seeds_gain", seeds_table(per_run, value=phase_gain)))
     return readme
 
 

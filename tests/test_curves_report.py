@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from curves import COLUMNS, _fill, _read_rows, _write_rows, caepp_baseline, seed_groups, seeds_table, write_report  # noqa: E402
+from curves import COLUMNS, _fill, _read_rows, _write_rows, caepp_baseline, phase_gain, seed_groups, seeds_table, write_report  # noqa: E402
 
 
 def _rows(name: str, values: dict[int, float]) -> list[dict[str, str]]:
@@ -34,7 +34,8 @@ def test_groups_split_the_seed_off_the_name():
 def test_table_means_stds_and_paired_differences_match_statistics():
     lines = seeds_table(RUNS, steps=(1000, 3000)).splitlines()
     rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in lines[2:]}
-    assert set(rows) == {"ctcae_small_pbias_s*", "caepp_small_pbias_s*", "ctcae_small_pbias − caepp_small_pbias, same seed"}
+    assert set(rows) == {"ctcae_small_pbias_s*", "caepp_small_pbias_s*", "ctcae_small_pbias − caepp_small_pbias, same seed",
+                         "ctcae_small_pbias − caepp_small_pbias, in stds"}
     ct = [0.266, 0.450, 0.349]
     assert f"{statistics.mean(ct):.3f} ± {statistics.stdev(ct):.3f} (n=3)" in rows["ctcae_small_pbias_s*"]
     assert f"{statistics.mean([0.547, 0.712]):.3f} ± {statistics.stdev([0.547, 0.712]):.3f} (n=2)" in rows["ctcae_small_pbias_s*"]
@@ -42,6 +43,42 @@ def test_table_means_stds_and_paired_differences_match_statistics():
     paired = rows["ctcae_small_pbias − caepp_small_pbias, same seed"]
     assert f"{statistics.mean(d1000):.3f} ± {statistics.stdev(d1000):.3f}, 2 of 2 > 0" in paired
     assert f"{statistics.mean(d3000):.3f} ± {statistics.stdev(d3000):.3f}, 1 of 2 > 0" in paired
+
+
+def test_the_gap_in_stds_reads_the_issue_target_unpaired_and_paired():
+    lines = seeds_table(RUNS, steps=(1000, 3000)).splitlines()
+    row = next(ln for ln in lines if ln.startswith("| ctcae_small_pbias − caepp_small_pbias, in stds"))
+    ct, pp = [0.266, 0.450, 0.349], [0.255, 0.395]
+    unpaired = (statistics.mean(ct) - statistics.mean(pp)) / max(statistics.stdev(ct), statistics.stdev(pp))
+    d = [0.266 - 0.255, 0.450 - 0.395]
+    paired = statistics.mean(d) / statistics.stdev(d)
+    cells = row.strip("| ").split(" | ")
+    assert cells[2] == f"{unpaired:+.1f} unpaired, {paired:+.1f} paired"
+    assert cells[2].startswith("+0.") and paired > 1  # the paired test can pass where the unpaired does not
+    d3000 = [0.547 - 0.548, 0.712 - 0.647]
+    u3000 = (statistics.mean([0.547, 0.712]) - statistics.mean([0.548, 0.647])) / statistics.stdev([0.547, 0.712])
+    assert cells[3] == f"{u3000:+.1f} unpaired, {statistics.mean(d3000) / statistics.stdev(d3000):+.1f} paired"
+
+
+def test_the_phase_gain_table_takes_only_rows_with_the_colour_control():
+    def rows(name, values):  # step: (ARI-FG, colour alone or "")
+        return [{"run": name, "step": str(k), "val_ari_fg": str(a), "val_ari_fg_colour": str(c)} for k, (a, c) in values.items()]
+
+    runs = {
+        "ctcae_x_s0": rows("ctcae_x_s0", {1000: (0.30, ""), 3000: (0.70, 0.60)}),
+        "ctcae_x_s1": rows("ctcae_x_s1", {1000: (0.40, ""), 3000: (0.65, 0.70)}),
+        "caepp_x_s0": rows("caepp_x_s0", {1000: (0.35, ""), 3000: (0.62, 0.61)}),
+        "caepp_x_s1": rows("caepp_x_s1", {3000: (0.66, 0.66)}),
+        "caepp_x_s2": rows("caepp_x_s2", {1000: (0.50, "")}),  # no control at all: not a seed here
+    }
+    assert phase_gain(runs["ctcae_x_s0"][0]) is None and abs(phase_gain(runs["ctcae_x_s0"][1]) - 0.10) < 1e-12
+    assert seed_groups(runs, phase_gain)["caepp_x"].keys() == {0, 1}
+    lines = {ln.split(" | ")[0].lstrip("| "): ln for ln in seeds_table(runs, steps=(1000, 3000), value=phase_gain).splitlines()[2:]}
+    ct = lines["ctcae_x_s*"].strip("| ").split(" | ")
+    assert ct[1:] == ["0,1", "–", f"{statistics.mean([0.10, -0.05]):.3f} ± {statistics.stdev([0.10, -0.05]):.3f} (n=2)"]
+    paired = lines["ctcae_x − caepp_x, same seed"].strip("| ").split(" | ")
+    d = [0.10 - 0.01, -0.05 - 0.0]
+    assert paired[3] == f"{statistics.mean(d):.3f} ± {statistics.stdev(d):.3f}, 1 of 2 > 0"
 
 
 def test_a_ctcae_group_with_its_own_contrastive_weight_pairs_with_the_caepp_group_without_it():
