@@ -112,7 +112,9 @@ def positions_at_ranks(dist: Tensor, anchors: Tensor, ranks: Tensor) -> Tensor:
     keys |= torch.arange(n, dtype=torch.int32)
     # A negative key sorts first; its low bits still hold the anchor's position.
     keys.scatter_(2, anchor_idx, (anchors.to(torch.int32) - (1 << bits)).view(1, -1, 1).expand(b, -1, 1))
-    picked = np.sort(keys.numpy(), axis=2)[:, :, ranks.numpy()]
+    sorted_keys = keys.numpy()
+    sorted_keys.sort(axis=2)  # in place: keys is this function's own buffer (np.sort would copy it)
+    picked = sorted_keys[:, :, ranks.numpy()]
     return torch.from_numpy(picked & ((1 << bits) - 1)).long()
 
 

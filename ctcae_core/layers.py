@@ -117,22 +117,62 @@ def wrap_phase(m: Tensor, phi: Tensor) -> Tensor:
 
     Where m > 0 this is phi wrapped to (-pi, pi]. Where m == 0 (a unit the ReLU switched off) the
     paper's code takes ``angle()`` of the complex zero ``m * exp(1j * phi)``, whose signed zeros
-    give 0 or +-pi depending on phi; the contrastive loss sees those values (its cosine similarity
-    of phase vectors is far from indifferent to them at the symmetric start), so they are
-    reproduced here with the same torch ops, without gradient (``angle``'s gradient at 0 is 0).
+    give 0 or pi depending on the signs of m, cos phi and sin phi; the contrastive loss sees those
+    values (its cosine similarity of phase vectors is far from indifferent to them at the
+    symmetric start), so they are reproduced here, without gradient (``angle``'s gradient at 0 is
+    0), by real ops over the whole tensor: the complex product written out, (m cos y - 0 sin y,
+    m sin y + 0 cos y) with y = 0 + phi, the imaginary part of ``1j * phi`` (which turns a phase of
+    -0 into +0). tests/test_model.py checks it bit for bit, signed zeros included, against torch's
+    complex ops; it avoids their masked gather and scatter, which cost more than the rest of the
+    forward's elementwise work on the small profiles (benchmarks/README.md).
     """
     # Only out-of-range phases are wrapped: phi + pi would round the tiny phases of the symmetric
     # start (1e-8) to the float spacing at pi (2.4e-7), which angle() does not.
     inside = (phi > -math.pi) & (phi <= math.pi)
     wrapped = torch.where(inside, phi, torch.remainder(phi + math.pi, 2 * math.pi) - math.pi)
-    dead_mask = ~(m > 0)
     with torch.no_grad():
-        # The complex exp only where it is needed (the dead units), with the same ops per entry.
-        md, pd = m.detach()[dead_mask], phi.detach()[dead_mask]
-        dead = (md * torch.exp(1j * pd)).angle()
-    if dead.numel() == 0:
-        return wrapped
-    return wrapped.masked_scatter(dead_mask, dead)
+        md, y = m.detach(), phi.detach() + 0.0
+        c, s = torch.cos(y), torch.sin(y)
+        zero = torch.zeros((), dtype=y.dtype, device=y.device)
+        dead = torch.atan2(md * s + zero * c, md * c - zero * s)
+    return torch.where(m > 0, wrapped, dead)
+
+
+_SUB_PIXELS = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
+class _SubPixels(torch.autograd.Function):
+    """(n, 4 c, h + 1, w + 1) -> (n, c, 2h, 2w): sub-pixel (a, b) of the output is channel group
+    2a + b of the input, shifted by (a, b).
+
+    Each group is written once, straight to its strided place (no stack, then pixel_shuffle,
+    copy). Backward gathers the four groups into one gradient buffer; autograd's own backward of
+    the four slice assignments would zero and add a full-size buffer per group.
+    """
+
+    @staticmethod
+    def forward(ctx, y: Tensor, c: int, channels_last: bool) -> Tensor:
+        n, _, h1, w1 = y.shape
+        h, wd = h1 - 1, w1 - 1
+        if channels_last:  # keep the layout (docs/model.md, "Precision and layout")
+            out = y.new_empty((n, h, 2, wd, 2, c)).permute(0, 5, 1, 2, 3, 4)
+        else:
+            out = y.new_empty((n, c, h, 2, wd, 2))
+        for i, (a, b) in enumerate(_SUB_PIXELS):
+            out[:, :, :, a, :, b] = y[:, i * c : (i + 1) * c, a : a + h, b : b + wd]
+        ctx.c, ctx.y_shape, ctx.channels_last = c, y.shape, channels_last
+        return out.view(n, c, 2 * h, 2 * wd)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        c, (n, _, h1, w1) = ctx.c, ctx.y_shape
+        h, wd = h1 - 1, w1 - 1
+        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        g_y = torch.empty(ctx.y_shape, dtype=grad.dtype, device=grad.device, memory_format=fmt).zero_()
+        g = grad.view(n, c, h, 2, wd, 2)
+        for i, (a, b) in enumerate(_SUB_PIXELS):
+            g_y[:, i * c : (i + 1) * c, a : a + h, b : b + wd] = g[:, :, :, a, :, b]
+        return g_y, None, None
 
 
 def _biases(n_out: int, fan_in: int, shape: tuple[int, ...]) -> tuple[nn.Parameter, nn.Parameter]:
@@ -184,14 +224,7 @@ class ComplexConv2d(nn.Module):
         # The conv pads by itself (no padded copy of x), and each sub-pixel grid is written once,
         # straight to its strided place in the output (no stack, then pixel_shuffle, copy).
         y = F.conv2d(x, torch.cat(kernels, 0), padding=1)  # (3b, 4 cout, h + 1, w + 1)
-        n, _, h, wd = x.shape
-        if is_channels_last(x):  # keep the layout (docs/model.md, "Precision and layout")
-            out = y.new_empty((n, h, 2, wd, 2, cout)).permute(0, 5, 1, 2, 3, 4)
-        else:
-            out = y.new_empty((n, cout, h, 2, wd, 2))
-        for i, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-            out[:, :, :, a, :, b] = y[:, i * cout : (i + 1) * cout, a : a + h, b : b + wd]
-        return out.view(n, cout, 2 * h, 2 * wd)
+        return _SubPixels.apply(y, cout, is_channels_last(x))
 
     def forward(self, m: Tensor, phi: Tensor) -> tuple[Tensor, Tensor]:
         if self.upsample:

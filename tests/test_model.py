@@ -7,7 +7,7 @@ import torch
 
 from ctcae_core.config import ContrastiveConfig, ModelConfig
 from ctcae_core.contrastive import contrastive_loss
-from ctcae_core.layers import ComplexConv2d, ComplexLinear, same_padding
+from ctcae_core.layers import ComplexConv2d, ComplexLinear, same_padding, wrap_phase
 from ctcae_core.model import build_model
 
 TINY = dict(enc_channels=(4, 4, 8, 8, 8), enc_strides=(2, 1, 2, 1, 2), enc_kernels=(3,) * 5, linear_dim=8)
@@ -56,6 +56,39 @@ def test_complex_conv_stride2_tf_same_padding_matches_loops():
     ref_m, ref_phi = _reference_layer(re, im, chi, conv.magnitude_bias.detach().numpy()[0], 0.0)
     np.testing.assert_allclose(got_m.detach().numpy()[0], ref_m, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got_phi.detach().numpy()[0], ref_phi, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [7, 4099])  # a vector kernel's scalar tail alone, and its body
+def test_wrap_phase_equals_torch_complex_angle_bit_for_bit_at_dead_units(n):
+    """Where m == 0 the phase is angle() of the complex zero m e^{i phi} as torch's complex ops
+    give it (0, +-0 or pi by the signs of m, cos phi and sin phi), signed zeros included; where
+    m > 0 it is phi wrapped to (-pi, pi], phi itself when already inside."""
+    g = torch.Generator().manual_seed(n)
+    special = torch.tensor([0.0, -0.0, math.pi, -math.pi, math.pi / 2, -math.pi / 2, 1e-8, -1e-8, 1e-30, -1e-30,
+                            3 * math.pi, -3 * math.pi, 100.0, -100.0, float("nan")])
+    phi = torch.cat([special, (torch.rand(n, generator=g) - 0.5) * 24])
+    for mag in (0.0, -0.0, float("nan")):
+        m = torch.full_like(phi, mag)
+        got, want = wrap_phase(m, phi), (m * torch.exp(1j * phi)).angle()
+        same = (got == want) & (torch.signbit(got) == torch.signbit(want)) | (got.isnan() & want.isnan())
+        assert bool(same.all()), (mag, phi[~same][:5], got[~same][:5], want[~same][:5])
+    dead = wrap_phase(torch.zeros_like(phi), phi)[~phi.isnan()]
+    assert set(dead.abs().unique().tolist()) == {0.0, float(torch.tensor(math.pi))}
+    m = torch.rand(phi.shape, generator=g) + 0.1
+    got = wrap_phase(m, phi)
+    inside = (phi > -math.pi) & (phi <= math.pi)
+    assert torch.equal(got[inside], phi[inside])
+    outside = ~inside & ~phi.isnan()
+    gap = torch.remainder(got[outside] - phi[outside] + math.pi, 2 * math.pi) - math.pi  # the same angle
+    assert float(gap.abs().max()) < 1e-5
+    assert bool((got[outside].abs() <= math.pi).all())  # float32 pi rounds up, so -pi can stay -pi
+
+
+def test_wrap_phase_passes_gradient_to_live_units_only():
+    m = torch.tensor([0.5, 0.0, 2.0, -0.0])
+    phi = torch.tensor([1.0, 2.0, 4.0, -1.0], requires_grad=True)
+    wrap_phase(m, phi).sum().backward()
+    assert phi.grad.tolist() == [1.0, 0.0, 1.0, 0.0]
 
 
 def test_magnitude_bias_init_range_and_zero_phase_bias():
@@ -148,6 +181,27 @@ def test_complex_layer_autograd_functions_pass_gradcheck():
     m_out, phi_out = _ComplexActivation.apply(out)
     (m_out.sum() + phi_out.sum()).backward()
     assert torch.isfinite(out.grad).all() and torch.count_nonzero(out.grad[2:4]) == 0
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sub_pixel_placement_passes_gradcheck_and_matches_explicit_upsampling_gradients(channels_last):
+    from ctcae_core.layers import _SubPixels
+
+    torch.manual_seed(4)
+    y = torch.randn(2, 4 * 3, 4, 5, dtype=torch.float64)
+    if channels_last:
+        y = y.contiguous(memory_format=torch.channels_last)
+    assert torch.autograd.gradcheck(lambda t: _SubPixels.apply(t, 3, channels_last), (y.requires_grad_(),))
+    conv = ComplexConv2d(5, 4, 3, 1, upsample=True)
+    x = torch.randn(3, 5, 6, 7)
+    x = (x.contiguous(memory_format=torch.channels_last) if channels_last else x).requires_grad_()
+    g = torch.randn(3, 4, 12, 14)
+    conv._f_upsampled(x).backward(g)
+    got_x, got_w = x.grad.clone(), conv.conv.weight.grad.clone()
+    x.grad, conv.conv.weight.grad = None, None
+    conv._f(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")).backward(g)
+    torch.testing.assert_close(got_x, x.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_w, conv.conv.weight.grad, rtol=1e-4, atol=1e-4)
 
 
 def test_symmetry_breaking_options_default_to_the_paper_and_act_only_where_asked():
