@@ -86,7 +86,7 @@ class _ComplexActivation(torch.autograd.Function):
         re, im = out[:b], out[b : 2 * b]
         # |psi|: d|psi|/d(re, im) = (re, im) / |psi|, 0 at |psi| = 0.
         r = torch.hypot(re, im)
-        half_gm_over_r = torch.where(r > 0, 0.5 * g_m / r, torch.zeros_like(r))
+        half_gm_over_r = torch.where(r > 0, 0.5 * g_m / r, 0.0)
         # arg of the guarded copy: d/d re = -im_g / r_g^2; d/d im = re / r_g^2 where not guarded.
         guarded = im.abs() < PHASE_EPS
         im_g = torch.where(guarded, PHASE_EPS, im)
