@@ -221,8 +221,7 @@ class ComplexConv2d(nn.Module):
             kernels.append(torch.stack([kr[..., 0], kr[..., 1] + kr[..., 2]], -1))
             kernels.append(torch.stack([kr[..., 0] + kr[..., 1], kr[..., 2]], -1))
         # One conv for the four sub-pixel kernels; sub-pixel (a, b) reads its window shifted by (a, b).
-        # The conv pads by itself (no padded copy of x), and each sub-pixel grid is written once,
-        # straight to its strided place in the output (no stack, then pixel_shuffle, copy).
+        # The conv pads by itself (no padded copy of x); _SubPixels puts each grid in its place.
         y = F.conv2d(x, torch.cat(kernels, 0), padding=1)  # (3b, 4 cout, h + 1, w + 1)
         return _SubPixels.apply(y, cout, is_channels_last(x))
 
