@@ -24,6 +24,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -156,8 +157,6 @@ def seed_groups(per_run: dict[str, list[dict[str, Any]]], value=lambda r: float(
 
 
 def _mean_std(xs: list[float]) -> str:
-    import statistics
-
     def f(x: float) -> str:
         return f"{round(x, 3) + 0.0:.3f}"  # + 0.0: a tiny negative mean prints 0.000, not -0.000
 
@@ -208,14 +207,13 @@ def _gap_in_stds(a: dict[int, dict[int, float]], b: dict[int, dict[int, float]],
     """The issue's test "A > B by more than one standard deviation", read two ways at one step:
     the gap of the means over the larger of the two groups' sample stds (unpaired), and the mean
     of the same-seed differences over their sample std (paired). ``–`` below two seeds."""
-    import statistics
-
     xs, ys = [c[step] for c in a.values() if step in c], [c[step] for c in b.values() if step in c]
     diffs = [a[k][step] - b[k][step] for k in set(a) & set(b) if step in a[k] and step in b[k]]
     if len(xs) < 2 or len(ys) < 2:
         return "–"
     spread = max(statistics.stdev(xs), statistics.stdev(ys))
     unpaired = (statistics.mean(xs) - statistics.mean(ys)) / spread if spread > 0 else float("nan")
+
     def f(x: float) -> str:
         return f"{round(x, 1) + 0.0:+.1f}"  # + 0.0: -0.04 prints +0.0, not -0.0
 
