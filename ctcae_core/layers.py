@@ -133,8 +133,7 @@ def wrap_phase(m: Tensor, phi: Tensor) -> Tensor:
     with torch.no_grad():
         md, y = m.detach(), phi.detach() + 0.0
         c, s = torch.cos(y), torch.sin(y)
-        zero = torch.zeros((), dtype=y.dtype, device=y.device)
-        dead = torch.atan2(md * s + zero * c, md * c - zero * s)
+        dead = torch.atan2(md * s + 0.0 * c, md * c - 0.0 * s)  # 0.0 * c: a zero with c's sign
     return torch.where(m > 0, wrapped, dead)
 
 
