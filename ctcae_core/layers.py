@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ctcae_core import fused
+
 Tensor = torch.Tensor
 PHASE_EPS = 1e-8  # |Im psi| below this is set to eps before arg(), so atan2 gradients stay finite
 
@@ -43,6 +45,9 @@ class _PolarToStacked(torch.autograd.Function):
         if torch.is_autocast_enabled(m.device.type):
             dtype = torch.get_autocast_dtype(m.device.type)
         out = torch.empty((3 * b, *m.shape[1:]), dtype=dtype, device=m.device, memory_format=fmt)
+        if _fusable(out, m, phi):
+            fused.polar_forward(m, phi, out)
+            return out
         torch.mul(m, torch.cos(phi), out=out[:b])
         torch.mul(m, torch.sin(phi), out=out[b : 2 * b])
         out[2 * b :].copy_(m)
@@ -52,6 +57,8 @@ class _PolarToStacked(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
         m, phi = ctx.saved_tensors
         b = m.shape[0]
+        if _fusable(grad, m, phi):
+            return fused.polar_backward(grad, m, phi)
         # Under autocast grad arrives in bf16/fp16: cast once (exact), not once per product.
         grad = grad.to(torch.result_type(m, phi))
         g_re, g_im, g_m = grad[:b], grad[b : 2 * b], grad[2 * b :]
@@ -68,21 +75,28 @@ class _ComplexActivation(torch.autograd.Function):
     gradient to Re psi kept). At initialisation every phase sits at 0 or pi and these guarded
     entries carry the whole phase gradient, so the semantics matter (docs/model.md).
 
-    Saves only its input and recomputes |psi| in backward: about a third less activation memory
-    than the same arithmetic left to autograd.
+    Takes the linear map's output in its own dtype (bf16/fp16 under autocast; the arithmetic is
+    float32, and the gradient goes back in that dtype). Saves only that input and recomputes
+    |psi| in backward: less activation memory than the same arithmetic left to autograd.
     """
 
     @staticmethod
-    def forward(ctx, out: Tensor) -> tuple[Tensor, Tensor]:
-        b = out.shape[0] // 3
+    def forward(ctx, y: Tensor) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(y)
+        if _fusable(y):
+            return fused.activation_forward(y)
+        b = y.shape[0] // 3
+        out = _at_least_fp32(y)
         re, im, chi = out[:b], out[b : 2 * b], out[2 * b :]
-        ctx.save_for_backward(out)
         return 0.5 * (torch.hypot(re, im) + chi), torch.atan2(_guarded_im(im), re)
 
     @staticmethod
     def backward(ctx, g_m: Tensor, g_phi: Tensor) -> Tensor:
-        (out,) = ctx.saved_tensors
-        b = out.shape[0] // 3
+        (y,) = ctx.saved_tensors
+        if _fusable(y, g_m, g_phi):
+            return fused.activation_backward(y, g_m, g_phi)
+        b = y.shape[0] // 3
+        out = _at_least_fp32(y)
         re, im = out[:b], out[b : 2 * b]
         # |psi|: d|psi|/d(re, im) = (re, im) / |psi|, 0 at |psi| = 0.
         r = torch.hypot(re, im)
@@ -95,7 +109,25 @@ class _ComplexActivation(torch.autograd.Function):
         torch.sub(half_gm_over_r * re, g_phi_over_r2 * im_g, out=grad[:b])
         torch.add(half_gm_over_r * im, (g_phi_over_r2 * re).masked_fill_(guarded, 0.0), out=grad[b : 2 * b])
         torch.mul(g_m, 0.5, out=grad[2 * b :])
-        return grad
+        return grad.to(y.dtype)
+
+
+def _at_least_fp32(y: Tensor) -> Tensor:
+    """bf16/fp16 to float32 (exact); float32 and float64 as they are."""
+    return y.to(torch.promote_types(y.dtype, torch.float32))
+
+
+def _fusable(stacked: Tensor, *polar: Tensor) -> bool:
+    """Whether the fused CPU kernels (ctcae_core/fused.py) take a 3x-batch tensor and its polar
+    pair: each third of ``stacked`` laid out as the float32 polar tensors."""
+    if stacked.device.type != "cpu" or not fused.enabled() or stacked.shape[0] % 3:
+        return False
+    third = stacked[: stacked.shape[0] // 3]
+    if not (stacked.is_contiguous() or is_channels_last(stacked)) or third.numel() == 0:
+        return False
+    if polar and third.stride() != polar[0].stride():
+        return False
+    return fused.usable(stacked.dtype, *polar)
 
 
 def apply_complex(
@@ -108,7 +140,7 @@ def apply_complex(
     m, phi: (b, ...) real; returns (m', phi') float32 before the norm and ReLU.
     """
     # Under autocast f runs in bf16/fp16; the polar arithmetic (|psi|, arg psi) stays fp32.
-    m_out, phi_out = _ComplexActivation.apply(f(_PolarToStacked.apply(m, phi)).float())
+    m_out, phi_out = _ComplexActivation.apply(f(_PolarToStacked.apply(m, phi)))
     return m_out + magnitude_bias, phi_out + phase_bias
 
 

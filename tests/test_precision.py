@@ -169,17 +169,25 @@ def test_bf16_on_the_cpu_runs_the_convolutions_channels_last_and_fp32_nchw():
     assert [cl for _, cl, _ in seen] == [False] * 10 + [True] * 10
 
 
-def test_under_autocast_the_stacked_maps_are_written_in_its_dtype_rounded_as_its_cast():
+@pytest.mark.parametrize("fused", ["0", "1"])
+def test_under_autocast_the_stacked_maps_are_written_in_its_dtype_rounded_as_its_cast(fused, monkeypatch):
+    """ATen path: bit for bit torch's own products and cast. Fused kernels (ctcae_core/fused.py):
+    their own float32 products, within an ulp of torch's, cast exactly as torch casts them."""
     from ctcae_core.layers import _PolarToStacked
 
+    monkeypatch.setenv("CTCAE_FUSED", fused)
     g = torch.Generator().manual_seed(6)
     m, phi = torch.rand(4, 8, 5, 5, generator=g), 6 * torch.rand(4, 8, 5, 5, generator=g) - 3
     reference = torch.cat([m * torch.cos(phi), m * torch.sin(phi), m])
-    assert _PolarToStacked.apply(m, phi).dtype == torch.float32
-    assert torch.equal(_PolarToStacked.apply(m, phi), reference)
+    full = _PolarToStacked.apply(m, phi)
+    assert full.dtype == torch.float32
+    if fused == "0":
+        assert torch.equal(full, reference)
+    else:
+        torch.testing.assert_close(full, reference, rtol=0, atol=2.5e-7)
     with precision_context("bf16", torch.device("cpu")):
         stacked = _PolarToStacked.apply(m, phi)
-    assert stacked.dtype == torch.bfloat16 and torch.equal(stacked, reference.bfloat16())
+    assert stacked.dtype == torch.bfloat16 and torch.equal(stacked, full.bfloat16())
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns_and_names_the_fix(monkeypatch):

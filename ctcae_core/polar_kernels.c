@@ -1,0 +1,184 @@
+/* Fused CPU kernels for the complex layer's elementwise arithmetic (ctcae_core/fused.py, docs/model.md).
+ *
+ * Each kernel is one pass over flat buffers that share one memory layout: the 3x batch of the
+ * layer's real map is three planes of n elements (Re, Im, |z|), the polar pair (m, phi) one plane
+ * each. The planes of the map's input and output are float32 or bfloat16 (the autocast dtype);
+ * the polar arithmetic is float32 throughout, as in the ATen path it replaces. bfloat16 rounding
+ * is round-to-nearest-even, as torch's casts.
+ *
+ * Built by fused.py with -O3 -march=native and the fast-math flags that let gcc call glibc's
+ * vector sinf, cosf, hypotf and atan2 (libmvec), with infinities, NaNs and signed zeros kept.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+#define PHASE_EPS 1e-8f
+
+/* glibc declares its vector variants only under -ffast-math, which would also drop NaN, infinity
+   and signed-zero semantics; declared here, gcc calls them on -fno-math-errno alone. */
+#define VECTOR_VARIANT __attribute__((simd("notinbranch"), const))
+VECTOR_VARIANT float sinf(float);
+VECTOR_VARIANT float cosf(float);
+VECTOR_VARIANT double atan2(double, double);
+VECTOR_VARIANT float hypotf(float, float);
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    uint16_t rounded = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    return (u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)0x7fc0u : rounded;
+}
+
+/* The same four kernels for float and bfloat16 planes.
+ *
+ * arg psi is atan2 in double, rounded to float: correctly rounded near the real line, where the
+ * symmetric start puts every phase (0 or pi up to a few ulps). There the last ulp decides the
+ * sign of sin(phi), hence the 0-or-pi phase the paper's angle() gives a unit the ReLU switches
+ * off, and the contrastive loss sees those (docs/model.md). libmvec's float atan2f is one ulp
+ * off for a fifth of such inputs; in double the result agrees with torch.atan2 there (and with
+ * it to an ulp elsewhere). */
+#define KERNELS(SUFFIX, T, LOAD, STORE)                                                              \
+    /* (m, phi) -> (m cos phi, m sin phi, m) */                                                      \
+    static void polar_fwd_##SUFFIX(const float *restrict m, const float *restrict phi,              \
+                                   T *restrict out, int64_t n, int64_t lo, int64_t hi) {           \
+        for (int64_t i = lo; i < hi; i++) {                                                          \
+            float c = cosf(phi[i]), s = sinf(phi[i]);                                                \
+            out[i] = STORE(m[i] * c);                                                                \
+            out[n + i] = STORE(m[i] * s);                                                            \
+            out[2 * n + i] = STORE(m[i]);                                                            \
+        }                                                                                            \
+    }                                                                                                \
+    /* (Re psi, Im psi, chi) -> (0.5 (|psi| + chi), arg of the guarded psi) */                      \
+    static void act_fwd_##SUFFIX(const T *restrict y, float *restrict mo, float *restrict po,       \
+                                 int64_t n, int64_t lo, int64_t hi) {                               \
+        for (int64_t i = lo; i < hi; i++) {                                                          \
+            float re = LOAD(y[i]), im = LOAD(y[n + i]), chi = LOAD(y[2 * n + i]);                   \
+            float im_g = fabsf(im) < PHASE_EPS ? PHASE_EPS : im;                                     \
+            mo[i] = 0.5f * (hypotf(re, im) + chi);                                                   \
+            po[i] = (float)atan2((double)im_g, (double)re); /* see above */                          \
+        }                                                                                            \
+    }                                                                                                \
+    /* its backward: d|psi| = (re, im) / |psi| (0 at 0); the angle's gradient to im not where    \
+       guarded */                                                                                    \
+    static void act_bwd_##SUFFIX(const T *restrict y, const float *restrict gm,                     \
+                                 const float *restrict gp, T *restrict g, int64_t n, int64_t lo,    \
+                                 int64_t hi) {                                                       \
+        for (int64_t i = lo; i < hi; i++) {                                                          \
+            float re = LOAD(y[i]), im = LOAD(y[n + i]);                                              \
+            float r = hypotf(re, im);                                                                \
+            float h = r > 0.0f ? 0.5f * gm[i] / r : 0.0f;                                            \
+            int guarded = fabsf(im) < PHASE_EPS;                                                     \
+            float im_g = guarded ? PHASE_EPS : im;                                                   \
+            float q = gp[i] / (re * re + im_g * im_g);                                               \
+            g[i] = STORE(h * re - q * im_g);                                                         \
+            g[n + i] = STORE(h * im + (guarded ? 0.0f : q * re));                                    \
+            g[2 * n + i] = STORE(gm[i] * 0.5f);                                                      \
+        }                                                                                            \
+    }                                                                                                \
+    /* backward of (m, phi) -> (m cos phi, m sin phi, m) */                                          \
+    static void polar_bwd_##SUFFIX(const T *restrict g, const float *restrict m,                    \
+                                   const float *restrict phi, float *restrict gm,                   \
+                                   float *restrict gp, int64_t n, int64_t lo, int64_t hi) {         \
+        for (int64_t i = lo; i < hi; i++) {                                                          \
+            float c = cosf(phi[i]), s = sinf(phi[i]);                                                \
+            float g_re = LOAD(g[i]), g_im = LOAD(g[n + i]), g_m = LOAD(g[2 * n + i]);               \
+            gm[i] = g_re * c + g_im * s + g_m;                                                       \
+            gp[i] = m[i] * (g_im * c - g_re * s);                                                    \
+        }                                                                                            \
+    }
+
+#define IDENTITY(x) (x)
+KERNELS(f32, float, IDENTITY, IDENTITY)
+KERNELS(bf16, uint16_t, bf16_to_f32, f32_to_bf16)
+
+/* ------------------------------------------------------------------ threads */
+typedef struct {
+    int kind, bf16;
+    const void *a, *b, *c;
+    void *d, *e;
+    int64_t n;
+} job_t;
+
+typedef struct {
+    const job_t *job;
+    int64_t lo, hi;
+} task_t;
+
+static void run(const job_t *j, int64_t lo, int64_t hi) {
+    switch (j->kind * 2 + j->bf16) {
+    case 0: polar_fwd_f32(j->a, j->b, j->d, j->n, lo, hi); break;
+    case 1: polar_fwd_bf16(j->a, j->b, j->d, j->n, lo, hi); break;
+    case 2: act_fwd_f32(j->a, j->d, j->e, j->n, lo, hi); break;
+    case 3: act_fwd_bf16(j->a, j->d, j->e, j->n, lo, hi); break;
+    case 4: act_bwd_f32(j->a, j->b, j->c, j->d, j->n, lo, hi); break;
+    case 5: act_bwd_bf16(j->a, j->b, j->c, j->d, j->n, lo, hi); break;
+    case 6: polar_bwd_f32(j->a, j->b, j->c, j->d, j->e, j->n, lo, hi); break;
+    case 7: polar_bwd_bf16(j->a, j->b, j->c, j->d, j->e, j->n, lo, hi); break;
+    }
+}
+
+static void *run_task(void *p) {
+    const task_t *t = p;
+    run(t->job, t->lo, t->hi);
+    return NULL;
+}
+
+#define MAX_THREADS 64
+#define MIN_PER_THREAD 16384
+
+/* Split [0, n) over up to `threads` threads (the caller's is one of them). */
+static void parallel(const job_t *job, int threads) {
+    int64_t n = job->n;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > 1 && n / threads < MIN_PER_THREAD) threads = (int)(n / MIN_PER_THREAD);
+    if (threads <= 1) {
+        run(job, 0, n);
+        return;
+    }
+    int64_t chunk = ((n + threads - 1) / threads + 63) / 64 * 64;
+    pthread_t ids[MAX_THREADS];
+    task_t tasks[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int k = 1; k < threads; k++) {
+        int64_t lo = k * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        if (lo >= n) break;
+        tasks[k] = (task_t){job, lo, hi};
+        started[k] = pthread_create(&ids[k], NULL, run_task, &tasks[k]) == 0;
+        if (!started[k]) run(job, lo, hi);
+    }
+    run(job, 0, chunk < n ? chunk : n);
+    for (int k = 1; k < threads; k++)
+        if (started[k]) pthread_join(ids[k], NULL);
+}
+
+/* ------------------------------------------------------------------ entry points (ctypes) */
+void ctcae_polar_fwd(int bf16, const float *m, const float *phi, void *out, int64_t n, int threads) {
+    job_t j = {0, bf16, m, phi, NULL, out, NULL, n};
+    parallel(&j, threads);
+}
+
+void ctcae_act_fwd(int bf16, const void *y, float *m_out, float *phi_out, int64_t n, int threads) {
+    job_t j = {1, bf16, y, NULL, NULL, m_out, phi_out, n};
+    parallel(&j, threads);
+}
+
+void ctcae_act_bwd(int bf16, const void *y, const float *g_m, const float *g_phi, void *g_y, int64_t n,
+                   int threads) {
+    job_t j = {2, bf16, y, g_m, g_phi, g_y, NULL, n};
+    parallel(&j, threads);
+}
+
+void ctcae_polar_bwd(int bf16, const void *g, const float *m, const float *phi, float *g_m, float *g_phi,
+                     int64_t n, int threads) {
+    job_t j = {3, bf16, g, m, phi, g_m, g_phi, n};
+    parallel(&j, threads);
+}
