@@ -59,6 +59,10 @@ def child(args: argparse.Namespace) -> dict:
     res = {"step_s": round(med, 4), "times": [round(t, 4) for t in times], "peak_rss_mb": round(peak_rss_mb(), 1),
            "threads": torch.get_num_threads(), "profile": cfg.name,
            "precision": args.precision}
+    if device.type == "cpu":  # the layer's fused C kernels (CTCAE_FUSED=0: the ATen path)
+        from ctcae_core import fused
+
+        res["fused_kernels"] = fused.enabled() and fused.library() is not None
     if device.type == "cuda":
         res["gpu"] = torch.cuda.get_device_name()
         res["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
