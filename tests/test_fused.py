@@ -34,19 +34,18 @@ def _stacked(shape, dtype, fmt, seed):
     return y.to(dtype).contiguous(memory_format=fmt)
 
 
-CASES = [  # (shape, threads): a scalar tail, a split over two threads, and the (b, d) of a linear layer
-    ((2, 5, 3, 7), 1),
-    ((4, 32, 16, 16), 2),
-    ((8, 4099), 2),
+CASES = [  # (shape, threads, channels_last): a scalar tail, a split over two threads, a linear layer's (b, d)
+    ((2, 5, 3, 7), 1, False),
+    ((2, 5, 3, 7), 1, True),
+    ((4, 32, 16, 16), 2, False),
+    ((4, 32, 16, 16), 2, True),
+    ((8, 4099), 2, False),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("shape,threads", CASES)
+@pytest.mark.parametrize("shape,threads,channels_last", CASES)
 def test_kernels_match_the_aten_path_forward_and_backward(dtype, channels_last, shape, threads, monkeypatch):
-    if channels_last and len(shape) != 4:
-        pytest.skip("channels-last is a 4-d layout")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(1)
