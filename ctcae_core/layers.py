@@ -120,7 +120,7 @@ def _at_least_fp32(y: Tensor) -> Tensor:
 def _fusable(stacked: Tensor, *polar: Tensor) -> bool:
     """Whether the fused CPU kernels (ctcae_core/fused.py) take a 3x-batch tensor and its polar
     pair: each third of ``stacked`` laid out as the float32 polar tensors."""
-    if stacked.device.type != "cpu" or not fused.enabled() or stacked.shape[0] % 3:
+    if stacked.device.type != "cpu" or stacked.shape[0] % 3:  # fused.usable checks CTCAE_FUSED
         return False
     third = stacked[: stacked.shape[0] // 3]
     if not (stacked.is_contiguous() or is_channels_last(stacked)) or third.numel() == 0:
