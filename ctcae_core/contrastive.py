@@ -17,10 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ctcae_core import fused
 from ctcae_core.config import ContrastiveConfig
 
 Tensor = torch.Tensor
 DIST_BLOCK = 1 << 20  # elements of the distance block mined at once
+GRAM_POSITIONS_PER_PAIR = 8  # the InfoNCE term forms all anchor-position similarities up to n = 8 (P + N)
 
 
 class Pairs(NamedTuple):
@@ -71,15 +73,22 @@ def mine_pairs(
     with torch.no_grad():
         anchors = _sample(n, n_anchors, generator, addresses.device)  # (A,)
         unit = unit_vectors(addresses)
-        anchor_unit = unit[:, :, anchors].transpose(1, 2)  # (b, A, d)
         pos_ranks = 1 + _sample(top_k, n_positives, generator, addresses.device)
         neg_ranks = n - bottom_m + _sample(bottom_m, n_negatives, generator, addresses.device)
         ranks = torch.cat([pos_ranks, neg_ranks])
         # A few images at a time keeps the (images, A, n) distance block near 4 MB.
         chunk = max(1, DIST_BLOCK // (len(anchors) * n))
         picked = []
+        if not unit.is_cuda and fused.mining_keys_usable(unit):  # distances and keys in one C pass
+            bits = _position_bits(n)
+            keys = torch.empty(min(chunk, b), len(anchors), n, dtype=torch.int32)  # one buffer for every chunk
+            for i in range(0, b, chunk):
+                block = fused.mining_keys(unit[i : i + chunk], anchors, bits, out=keys[: min(chunk, b - i)])
+                picked.append(_positions_at_ranks_of_keys(block, ranks, bits))
+            return Pairs(anchors, torch.cat(picked), n_positives)
         for i in range(0, b, chunk):
-            u, ua = unit[i : i + chunk], anchor_unit[i : i + chunk]
+            u = unit[i : i + chunk]
+            ua = u[:, :, anchors].transpose(1, 2)  # (images, A, d)
             ones = u.new_ones(1, 1, 1).expand(u.shape[0], len(anchors), n)
             dist = torch.baddbmm(ones, ua, u, alpha=-1.0).clamp_min_(0.0)  # 1 - cos similarity
             picked.append(positions_at_ranks(dist, anchors, ranks))
@@ -106,15 +115,26 @@ def positions_at_ranks(dist: Tensor, anchors: Tensor, ranks: Tensor) -> Tensor:
     if dist.is_cuda:
         order = torch.argsort(dist.scatter(2, anchor_idx, -1.0), dim=2)
         return order[:, :, ranks]
-    bits = max(1, (n - 1).bit_length())
+    bits = _position_bits(n)
     keys = dist.contiguous().view(torch.int32)
     keys &= ~((1 << bits) - 1)
     keys |= torch.arange(n, dtype=torch.int32)
     # A negative key sorts first; its low bits still hold the anchor's position.
     keys.scatter_(2, anchor_idx, (anchors.to(torch.int32) - (1 << bits)).view(1, -1, 1).expand(b, -1, 1))
-    sorted_keys = keys.numpy()
-    sorted_keys.sort(axis=2)  # in place: keys is this function's own buffer (np.sort would copy it)
-    picked = sorted_keys[:, :, ranks.numpy()]
+    return _positions_at_ranks_of_keys(keys, ranks, bits)
+
+
+def _position_bits(n: int) -> int:
+    return max(1, (n - 1).bit_length())
+
+
+def _positions_at_ranks_of_keys(keys: Tensor, ranks: Tensor, bits: int) -> Tensor:
+    """Sort the (b, A, n) int32 keys along the last axis in place; the positions at ``ranks``."""
+    sorted_keys = keys.numpy()  # shares keys' memory
+    # In place (np.sort would copy). Not split over threads: at 2 threads that measured slower
+    # inside the loss (benchmarks/README.md).
+    sorted_keys.sort(axis=2)
+    picked = sorted_keys.take(ranks.numpy(), axis=2)  # several times faster than fancy indexing here
     return torch.from_numpy(picked & ((1 << bits) - 1)).long()
 
 
@@ -128,13 +148,19 @@ def soft_target_infonce(features: Tensor, pairs: Pairs, temperature: float) -> T
     gathered channel-major, (b, d, A * (P + N)): with the decoder's d = 3 channels a pair-major
     layout (..., d) leaves every elementwise pass and its backward a stride-3 innermost loop.
     """
-    b, d, _ = features.shape
+    b, d, n = features.shape
     idx = pairs.index  # (b, A, P + N)
     n_a, n_k = idx.shape[1], idx.shape[2]
     unit = unit_vectors(features)  # (b, d, n)
-    pair_unit = torch.gather(unit, 2, idx.reshape(b, 1, n_a * n_k).expand(b, d, n_a * n_k)).view(b, d, n_a, n_k)
-    anchor_unit = unit[:, :, pairs.anchors].unsqueeze(-1)  # (b, d, A, 1)
-    logits = (pair_unit * anchor_unit).sum(dim=1) / temperature  # (b, A, P + N)
+    if n <= GRAM_POSITIONS_PER_PAIR * n_k:
+        # Few positions, many channels (the encoder's 4x4 map of 256): every anchor against every
+        # position in one batched matmul, then the pairs' entries, instead of gathering d-vectors.
+        anchor_rows = unit[:, :, pairs.anchors].transpose(1, 2)  # (b, A, d)
+        logits = torch.gather(torch.bmm(anchor_rows, unit), 2, idx) / temperature  # (b, A, P + N)
+    else:
+        pair_unit = torch.gather(unit, 2, idx.reshape(b, 1, n_a * n_k).expand(b, d, n_a * n_k)).view(b, d, n_a, n_k)
+        anchor_unit = unit[:, :, pairs.anchors].unsqueeze(-1)  # (b, d, A, 1)
+        logits = (pair_unit * anchor_unit).sum(dim=1) / temperature  # (b, A, P + N)
     n_pos = pairs.n_positives
     log_p = F.log_softmax(logits, dim=2)
     return -(log_p[:, :, :n_pos].sum(dim=2) / n_pos).mean()

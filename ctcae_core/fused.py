@@ -1,4 +1,5 @@
-"""Fused CPU kernels for the complex layer's elementwise arithmetic (polar_kernels.c).
+"""Fused CPU kernels for the complex layer's elementwise arithmetic and the contrastive loss's
+pair-mining keys (polar_kernels.c).
 
 On the CPU, the layer's polar maps around each linear map (m, phi) -> (m cos phi, m sin phi, m) and
 (Re psi, Im psi, chi) -> (0.5 (|psi| + chi), arg psi), forward and backward, were a dozen ATen passes
@@ -89,7 +90,8 @@ def library() -> ctypes.CDLL | None:
     lib.ctcae_act_fwd.argtypes = [_INT, _P, _P, _P, _I64, _INT]
     lib.ctcae_act_bwd.argtypes = [_INT, _P, _P, _P, _P, _I64, _INT]
     lib.ctcae_polar_bwd.argtypes = [_INT, _P, _P, _P, _P, _P, _I64, _INT]
-    for fn in (lib.ctcae_polar_fwd, lib.ctcae_act_fwd, lib.ctcae_act_bwd, lib.ctcae_polar_bwd):
+    lib.ctcae_mine_keys.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _INT, _INT]
+    for fn in (lib.ctcae_polar_fwd, lib.ctcae_act_fwd, lib.ctcae_act_bwd, lib.ctcae_polar_bwd, lib.ctcae_mine_keys):
         fn.restype = None
     return lib
 
@@ -147,3 +149,23 @@ def polar_backward(grad: Tensor, m: Tensor, phi: Tensor) -> tuple[Tensor, Tensor
     library().ctcae_polar_bwd(bf16, grad.data_ptr(), m.data_ptr(), phi.data_ptr(), g_m.data_ptr(), g_phi.data_ptr(),
                               m.numel(), threads)
     return g_m, g_phi
+
+
+def mining_keys_usable(unit: Tensor) -> bool:
+    """Whether :func:`mining_keys` takes these unit addresses (CPU, float32)."""
+    return enabled() and unit.device.type == "cpu" and unit.dtype == torch.float32 and library() is not None
+
+
+def mining_keys(unit: Tensor, anchors: Tensor, bits: int, out: Tensor | None = None) -> Tensor:
+    """The (b, A, n) int32 sort keys of contrastive.positions_at_ranks in one pass, from unit
+    address vectors (b, d, n): the bits of the distance 1 - u_a . u_j clamped at 0, the low
+    ``bits`` bits replaced by the position j, the anchor's own entry negative. Written into
+    ``out`` (contiguous int32) where given."""
+    b, d, n = unit.shape
+    unit, anchors = unit.contiguous(), anchors.to(torch.int64).contiguous()
+    keys = torch.empty(b, len(anchors), n, dtype=torch.int32) if out is None else out
+    if keys.shape != (b, len(anchors), n) or keys.dtype != torch.int32 or not keys.is_contiguous():
+        raise ValueError(f"mining_keys: out must be a contiguous int32 tensor of shape {(b, len(anchors), n)}")
+    library().ctcae_mine_keys(unit.data_ptr(), anchors.data_ptr(), keys.data_ptr(), b, d, n, len(anchors), bits,
+                              torch.get_num_threads())
+    return keys

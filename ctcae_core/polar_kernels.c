@@ -1,4 +1,5 @@
-/* Fused CPU kernels for the complex layer's elementwise arithmetic (ctcae_core/fused.py, docs/model.md).
+/* Fused CPU kernels for the complex layer's elementwise arithmetic and the contrastive loss's
+ * pair-mining keys (ctcae_core/fused.py, docs/model.md).
  *
  * Each kernel is one pass over flat buffers that share one memory layout: the 3x batch of the
  * layer's real map is three planes of n elements (Re, Im, |z|), the polar pair (m, phi) one plane
@@ -100,12 +101,46 @@ static inline uint16_t f32_to_bf16(float f) {
 KERNELS(f32, float, IDENTITY, IDENTITY)
 KERNELS(bf16, uint16_t, bf16_to_f32, f32_to_bf16)
 
+/* ------------------------------------------------------------------ pair-mining keys */
+/* Rows r = (image i, anchor a) of the (b, A, n) key buffer for contrastive.positions_at_ranks:
+ * the cosine distance 1 - u_a . u_j of unit address vectors (unit: (b, d, n)), clamped at 0 (NaN
+ * kept), its float bits with the low `bits` bits replaced by the position j, and the anchor's own
+ * entry negative (anchor - 2^bits) so that it sorts first. The dot products accumulate into the
+ * row itself, channel by channel, which vectorises over positions for any d. */
+static void mine_keys_rows(const float *restrict unit, const int64_t *restrict anchors, int32_t *restrict keys,
+                           int64_t d, int64_t n, int64_t n_a, int bits, int64_t lo, int64_t hi) {
+    const int32_t low = (int32_t)((1u << bits) - 1u);
+    for (int64_t r = lo; r < hi; r++) {
+        const int64_t i = r / n_a, anchor = anchors[r % n_a];
+        const float *u = unit + i * d * n;
+        float *acc = (float *)(keys + r * n);
+        for (int64_t j = 0; j < n; j++) acc[j] = 0.0f;
+        for (int64_t c = 0; c < d; c++) {
+            const float ua = u[c * n + anchor];
+            const float *uc = u + c * n;
+            for (int64_t j = 0; j < n; j++) acc[j] += ua * uc[j];
+        }
+        int32_t *key = keys + r * n;
+        for (int64_t j = 0; j < n; j++) {
+            float dist = 1.0f - acc[j];
+            dist = dist < 0.0f ? 0.0f : dist;
+            int32_t k;
+            memcpy(&k, &dist, sizeof k);
+            key[j] = (k & ~low) | (int32_t)j;
+        }
+        key[anchor] = (int32_t)anchor - (int32_t)(1u << bits);
+    }
+}
+
 /* ------------------------------------------------------------------ threads */
 typedef struct {
     int kind, bf16;
     const void *a, *b, *c;
     void *d, *e;
     int64_t n;
+    int64_t dims, positions, anchors; /* mining keys only: d, n and A; n above counts rows */
+    int bits;
+    int64_t grain; /* the least work one thread is started for, in units of n */
 } job_t;
 
 typedef struct {
@@ -123,6 +158,9 @@ static void run(const job_t *j, int64_t lo, int64_t hi) {
     case 5: act_bwd_bf16(j->a, j->b, j->c, j->d, j->n, lo, hi); break;
     case 6: polar_bwd_f32(j->a, j->b, j->c, j->d, j->e, j->n, lo, hi); break;
     case 7: polar_bwd_bf16(j->a, j->b, j->c, j->d, j->e, j->n, lo, hi); break;
+    case 8:
+        mine_keys_rows(j->a, j->b, j->d, j->dims, j->positions, j->anchors, j->bits, lo, hi);
+        break;
     }
 }
 
@@ -139,12 +177,14 @@ static void *run_task(void *p) {
 static void parallel(const job_t *job, int threads) {
     int64_t n = job->n;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > 1 && n / threads < MIN_PER_THREAD) threads = (int)(n / MIN_PER_THREAD);
+    int64_t grain = job->grain > 0 ? job->grain : MIN_PER_THREAD;
+    if (threads > 1 && n / threads < grain) threads = (int)(n / grain);
     if (threads <= 1) {
         run(job, 0, n);
         return;
     }
-    int64_t chunk = ((n + threads - 1) / threads + 63) / 64 * 64;
+    int64_t chunk = (n + threads - 1) / threads;
+    if (job->grain == 0) chunk = (chunk + 63) / 64 * 64;
     pthread_t ids[MAX_THREADS];
     task_t tasks[MAX_THREADS];
     int started[MAX_THREADS] = {0};
@@ -180,5 +220,16 @@ void ctcae_act_bwd(int bf16, const void *y, const float *g_m, const float *g_phi
 void ctcae_polar_bwd(int bf16, const void *g, const float *m, const float *phi, float *g_m, float *g_phi,
                      int64_t n, int threads) {
     job_t j = {3, bf16, g, m, phi, g_m, g_phi, n};
+    parallel(&j, threads);
+}
+
+void ctcae_mine_keys(const float *unit, const int64_t *anchors, int32_t *keys, int64_t b, int64_t d, int64_t n,
+                     int64_t n_anchors, int bits, int threads) {
+    job_t j = {4, 0, unit, anchors, NULL, keys, NULL, b * n_anchors};
+    j.dims = d;
+    j.positions = n;
+    j.anchors = n_anchors;
+    j.bits = bits;
+    j.grain = 1 + 16384 / (n * (d + 2)); /* rows */
     parallel(&j, threads);
 }

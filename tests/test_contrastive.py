@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from ctcae_core import contrastive
 from ctcae_core.config import ContrastiveConfig
 from ctcae_core.contrastive import Pairs, contrastive_loss, mine_pairs, positions_at_ranks, soft_target_infonce, to_patches
 
@@ -100,8 +101,10 @@ def _infonce_by_pair(features: torch.Tensor, pairs: Pairs, temperature: float) -
     return torch.stack(rows).mean()
 
 
+@pytest.mark.parametrize("gram", [False, True], ids=["gathered-pairs", "all-similarities"])
 @pytest.mark.parametrize("d", [3, 8])
-def test_infonce_value_and_gradient_equal_the_pair_by_pair_definition(d):
+def test_infonce_value_and_gradient_equal_the_pair_by_pair_definition(d, gram, monkeypatch):
+    monkeypatch.setattr(contrastive, "GRAM_POSITIONS_PER_PAIR", 1000 if gram else 0)
     b, n, n_a, n_pos, n_neg = 3, 40, 6, 2, 9
     g = torch.Generator().manual_seed(d)
     features = torch.randn(b, d, n, generator=g, dtype=torch.float64)
@@ -145,3 +148,4 @@ def test_patches_and_layer_selection():
     enc = contrastive_loss(emag, ephase, mag, phase, ContrastiveConfig(layers="encoder", **small), g())
     dec = contrastive_loss(emag, ephase, mag, phase, ContrastiveConfig(layers="decoder", dec_patch=2, **small), g())
     assert enc > 0 and dec > 0 and enc.item() != dec.item()
+

@@ -174,3 +174,43 @@ def test_fused_off_or_unbuildable_falls_back_to_aten_with_a_warning(monkeypatch,
         fused.library.cache_clear()
     monkeypatch.delenv("CC")
     assert fused.library() is not None and list(tmp_path.glob("polar_kernels_*.so"))
+
+
+MINING_CASES = [  # (b, d, n, anchors, top_k, bottom_m, threads): the decoder's RGB map, the encoder's map, patches
+    (6, 3, 1024, 100, 5, 500, 2),
+    (64, 256, 16, 4, 1, 2, 2),
+    (3, 12, 256, 40, 5, 100, 1),
+]
+
+
+@pytest.mark.parametrize("b,d,n,n_anchors,top_k,bottom_m,threads", MINING_CASES)
+def test_mining_keys_pick_the_aten_paths_pairs(b, d, n, n_anchors, top_k, bottom_m, threads, monkeypatch):
+    """The C keys (distance, position bits, anchor first) pick the same pairs as the ATen path's
+    baddbmm and bit arithmetic, on maps with the ties real magnitudes have (a flat background)."""
+    from ctcae_core.contrastive import mine_pairs
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(n)
+    addr = torch.rand(b, d, n, generator=g)
+    addr[:, :, : n // 3] = 0.25  # a third of the positions share one address (a flat background)
+    addr[0, :, 1] = 0.0  # a zero address: unit vector 0, distance 1 to everything
+    picks = {}
+    for aten in (True, False):
+        _aten(monkeypatch, aten)
+        picks[aten] = mine_pairs(addr, n_anchors, 1, top_k, min(bottom_m, 100), bottom_m,
+                                 torch.Generator().manual_seed(7))
+    assert torch.equal(picks[True].anchors, picks[False].anchors)
+    assert torch.equal(picks[True].index, picks[False].index)
+
+
+def test_mining_keys_values_and_out_checks():
+    """The keys themselves: distance bits above the position bits, the anchor negative first."""
+    unit = torch.nn.functional.normalize(torch.tensor([[[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]]), dim=1)  # (1, 2, 3)
+    anchors = torch.tensor([2, 0])
+    keys = fused.mining_keys(unit, anchors, bits=2)
+    dist = 1 - (unit[0, :, anchors].T @ unit[0])  # (A, n)
+    expect = (dist.clamp_min(0).view(torch.int32) & ~3) | torch.arange(3, dtype=torch.int32)
+    expect[0, 2], expect[1, 0] = 2 - 4, 0 - 4
+    assert torch.equal(keys[0], expect)
+    with pytest.raises(ValueError, match="contiguous int32"):
+        fused.mining_keys(unit, anchors, 2, out=torch.empty(1, 2, 3, dtype=torch.int64))
