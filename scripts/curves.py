@@ -39,6 +39,7 @@ DEFAULT_RUN_ROOT = Path(os.environ.get("CTCAE_CURVES_DIR", Path.home() / ".cache
 COLUMNS = ("run", "step", "wall_s", "cpu_s", "loss", "mse", "contrastive", "val_mse", "val_ari_fg", "val_ari_full", "val_phase_spread",
            "val_ari_fg_colour")  # val_ari_fg_colour: empty in rows evaluated before it was logged
 THRESHOLDS = (0.3, 0.5, 0.7)
+GAIN_THRESHOLD = 0.05  # grouping by phase: ARI-FG this far above colour alone (see phase_gain)
 
 
 class _StopAfterCheckpoint(Exception):
@@ -137,6 +138,22 @@ def first_crossing(rows: list[dict[str, Any]], threshold: float) -> dict[str, An
     return None
 
 
+def first_gain(rows: list[dict[str, Any]], threshold: float = GAIN_THRESHOLD) -> dict[str, Any] | None:
+    """The first evaluation at which the phases add at least ``threshold`` to ARI-FG over colour
+    alone: where grouping by phase starts, which ARI-FG's own crossings cannot tell from colour."""
+    for r in rows:
+        gain = phase_gain(r)
+        if gain is not None and gain >= threshold:
+            return r
+    return None
+
+
+def best_gain(rows: list[dict[str, Any]]) -> tuple[float, dict[str, Any]] | None:
+    """The largest phase gain of a run and its row; None where no row has the colour control."""
+    gains = [(g, r) for r in rows if (g := phase_gain(r)) is not None]
+    return max(gains, key=lambda x: x[0]) if gains else None
+
+
 def phase_gain(row: dict[str, Any]) -> float | None:
     """What the phases add to ARI-FG: ARI-FG minus ARI-FG of colour alone (every output phase at
     0, docs/model.md); None in rows evaluated before the control was logged."""
@@ -233,6 +250,13 @@ def _with_colour(row: dict[str, Any]) -> str:
     return f"{f(row['val_ari_fg'])} ({f(colour)})" if colour != "" else f"{f(row['val_ari_fg'])} (–)"
 
 
+def _gain_cells(rows: list[dict[str, Any]]) -> str:
+    """The table's two phase-gain cells: first step past GAIN_THRESHOLD (CPU h), best gain (step)."""
+    hit, best = first_gain(rows), best_gain(rows)
+    first = f"{hit['step']} ({float(hit['cpu_s']) / 3600:.2f})" if hit else "–"
+    return f"{first} | " + (f"{round(best[0], 3) + 0.0:+.3f} ({best[1]['step']})" if best else "–")
+
+
 def _fill(text: str, tag: str, table: str) -> str:
     """Put ``table`` between ``<!-- tag -->`` and ``<!-- /tag -->`` (added at the end if missing)."""
     if f"<!-- {tag} -->" not in text:
@@ -265,8 +289,9 @@ def write_report(run_root: Path, report_dir: Path = REPORT_DIR) -> Path:
         if (run_root / name / "checkpoint_last.pt").is_file():
             render_panel(run_root / name / "checkpoint_last.pt", report_dir / "panels" / f"{name}.png")
     lines = ["| run | steps | CPU h | " + " | ".join(f"ARI-FG >= {t}: step (CPU h)" for t in THRESHOLDS)
-             + " | best ARI-FG (step) | phase spread there | last phase spread | last ARI-FG (colour alone) |",
-             "|" + "---|" * (7 + len(THRESHOLDS))]
+             + " | best ARI-FG (step) | phase spread there | last phase spread | last ARI-FG (colour alone)"
+             + f" | phases add >= {GAIN_THRESHOLD} over colour: step (CPU h) | most the phases add (step) |",
+             "|" + "---|" * (9 + len(THRESHOLDS))]
     for name, rows in per_run.items():
         cells = []
         for t in THRESHOLDS:
@@ -276,7 +301,7 @@ def write_report(run_root: Path, report_dir: Path = REPORT_DIR) -> Path:
         last = rows[-1]
         lines.append(f"| {name} | {last['step']} | {float(last['cpu_s']) / 3600:.2f} | " + " | ".join(cells)
                      + f" | {float(best['val_ari_fg']):.3f} ({best['step']}) | {float(best['val_phase_spread']):.3f}"
-                     + f" | {float(last['val_phase_spread']):.3f} | {_with_colour(last)} |")
+                     + f" | {float(last['val_phase_spread']):.3f} | {_with_colour(last)} | {_gain_cells(rows)} |")
     table = "\n".join(lines)
     readme = report_dir / "README.md"
     text = readme.read_text() if readme.is_file() else "# Learning curves\n"

@@ -148,4 +148,3 @@ def test_patches_and_layer_selection():
     enc = contrastive_loss(emag, ephase, mag, phase, ContrastiveConfig(layers="encoder", **small), g())
     dec = contrastive_loss(emag, ephase, mag, phase, ContrastiveConfig(layers="decoder", dec_patch=2, **small), g())
     assert enc > 0 and dec > 0 and enc.item() != dec.item()
-

@@ -145,3 +145,19 @@ def test_the_table_shows_the_colour_control_where_it_was_logged(tmp_path):
     assert "| 0.310 (–) |" in text and "| 0.410 (0.250) |" in text
     rows = _read_rows(report_dir / "curves.csv")
     assert [r["val_ari_fg_colour"] for r in rows] == ["", "0.25"]
+
+
+def test_the_table_gives_where_the_phases_first_add_over_colour_and_the_most_they_add(tmp_path):
+    report_dir, run_root = tmp_path / "report", tmp_path / "runs"
+    report_dir.mkdir()
+    (report_dir / "runs.yaml").write_text("runs:\n  caepp_small_s0: {profile: caepp_tetrominoes_small}\n"
+                                          "  caepp_small_s1: {profile: caepp_tetrominoes_small}\n")
+    colour = {500: 0.05, 1000: 0.50, 1500: 0.60, 2000: 0.70}  # s0 earns 0.0, 0.04, 0.08, 0.06 over colour
+    s0 = [{**r, "val_ari_fg_colour": colour[r["step"]]}
+          for r in _full_rows("caepp_small_s0", {500: 0.05, 1000: 0.54, 1500: 0.68, 2000: 0.76})]
+    s1 = [{**r, "val_ari_fg_colour": r["val_ari_fg"]} for r in _full_rows("caepp_small_s1", {500: 0.3, 1000: 0.7})]
+    _write_rows(report_dir / "curves.csv", s0 + s1)
+    lines = {ln.split(" | ")[0].lstrip("| "): ln.strip("| ").split(" | ")
+             for ln in write_report(run_root, report_dir).read_text().splitlines() if ln.startswith("| caepp_small_s")}
+    assert lines["caepp_small_s0"][-2:] == [f"1500 ({9.0 * 1500 / 3600:.2f})", "+0.080 (1500)"]
+    assert lines["caepp_small_s1"][-2:] == ["–", "+0.000 (500)"]  # ARI-FG from colour alone: no grouping by phase
