@@ -157,6 +157,8 @@ def soft_target_infonce(features: Tensor, pairs: Pairs, temperature: float) -> T
         # position in one batched matmul, then the pairs' entries, instead of gathering d-vectors.
         anchor_rows = unit[:, :, pairs.anchors].transpose(1, 2)  # (b, A, d)
         logits = torch.gather(torch.bmm(anchor_rows, unit), 2, idx) / temperature  # (b, A, P + N)
+    elif fused.infonce_usable(unit):  # the gathered pairs' logits, log-softmax and backward in one C pass each
+        return _FusedInfoNCE.apply(unit, idx, pairs.anchors, temperature, pairs.n_positives)
     else:
         pair_unit = torch.gather(unit, 2, idx.reshape(b, 1, n_a * n_k).expand(b, d, n_a * n_k)).view(b, d, n_a, n_k)
         anchor_unit = unit[:, :, pairs.anchors].unsqueeze(-1)  # (b, d, A, 1)
@@ -164,6 +166,26 @@ def soft_target_infonce(features: Tensor, pairs: Pairs, temperature: float) -> T
     n_pos = pairs.n_positives
     log_p = F.log_softmax(logits, dim=2)
     return -(log_p[:, :, :n_pos].sum(dim=2) / n_pos).mean()
+
+
+class _FusedInfoNCE(torch.autograd.Function):
+    """soft_target_infonce's gathered-pairs branch on unit vectors, by fused.infonce_forward and
+    infonce_backward: the same value and gradient as the ATen ops to float rounding
+    (tests/test_contrastive.py), without the (b, d, A, P + N) gathers and their scatter-add."""
+
+    @staticmethod
+    def forward(ctx, unit: Tensor, idx: Tensor, anchors: Tensor, temperature: float, n_pos: int) -> Tensor:
+        unit, idx, anchors = unit.contiguous(), idx.contiguous(), anchors.to(torch.int64).contiguous()
+        rows, coef = fused.infonce_forward(unit, idx, anchors, temperature, n_pos)
+        ctx.save_for_backward(unit, idx, anchors, coef)
+        ctx.temperature = temperature
+        return rows.mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        unit, idx, anchors, coef = ctx.saved_tensors
+        scale = grad.item() / (coef.shape[0] * coef.shape[1] * ctx.temperature)
+        return fused.infonce_backward(unit, idx, anchors, coef, scale), None, None, None, None
 
 
 def contrastive_loss(

@@ -1,5 +1,5 @@
-"""Fused CPU kernels for the complex layer's elementwise arithmetic and the contrastive loss's
-pair-mining keys (polar_kernels.c).
+"""Fused CPU kernels for the complex layer's elementwise arithmetic, the contrastive loss's
+pair-mining keys and its InfoNCE term over gathered pairs (polar_kernels.c).
 
 On the CPU, the layer's polar maps around each linear map (m, phi) -> (m cos phi, m sin phi, m) and
 (Re psi, Im psi, chi) -> (0.5 (|psi| + chi), arg psi), forward and backward, were a dozen ATen passes
@@ -33,7 +33,7 @@ SOURCE = Path(__file__).with_name("polar_kernels.c")
 # no -ffast-math: NaNs, infinities and signed zeros keep their meaning.
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-builtin-sinf", "-fno-builtin-cosf",
          "-fPIC", "-shared", "-pthread")
-_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_P, _I64, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 
 
 def enabled() -> bool:
@@ -91,7 +91,10 @@ def library() -> ctypes.CDLL | None:
     lib.ctcae_act_bwd.argtypes = [_INT, _P, _P, _P, _P, _I64, _INT]
     lib.ctcae_polar_bwd.argtypes = [_INT, _P, _P, _P, _P, _P, _I64, _INT]
     lib.ctcae_mine_keys.argtypes = [_P, _P, _P, _I64, _I64, _I64, _I64, _INT, _INT]
-    for fn in (lib.ctcae_polar_fwd, lib.ctcae_act_fwd, lib.ctcae_act_bwd, lib.ctcae_polar_bwd, lib.ctcae_mine_keys):
+    lib.ctcae_infonce_fwd.argtypes = [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _FLOAT, _INT]
+    lib.ctcae_infonce_bwd.argtypes = [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _FLOAT, _INT]
+    for fn in (lib.ctcae_polar_fwd, lib.ctcae_act_fwd, lib.ctcae_act_bwd, lib.ctcae_polar_bwd, lib.ctcae_mine_keys,
+               lib.ctcae_infonce_fwd, lib.ctcae_infonce_bwd):
         fn.restype = None
     return lib
 
@@ -169,3 +172,31 @@ def mining_keys(unit: Tensor, anchors: Tensor, bits: int, out: Tensor | None = N
     library().ctcae_mine_keys(unit.data_ptr(), anchors.data_ptr(), keys.data_ptr(), b, d, n, len(anchors), bits,
                               torch.get_num_threads())
     return keys
+
+
+def infonce_usable(unit: Tensor) -> bool:
+    """Whether :func:`infonce_forward` takes these unit phase vectors (CPU, float32)."""
+    return enabled() and unit.device.type == "cpu" and unit.dtype == torch.float32 and library() is not None
+
+
+def infonce_forward(unit: Tensor, idx: Tensor, anchors: Tensor, temperature: float, n_pos: int) -> tuple[Tensor, Tensor]:
+    """contrastive.soft_target_infonce's rows in one pass: the (b, A) row losses, and the (b, A, K)
+    coefficients d loss_row / d logit (softmax minus the soft target) that the backward needs.
+    unit (b, d, n) float32, idx (b, A, K) and anchors (A,) positions."""
+    b, d, n = unit.shape
+    n_a, n_k = idx.shape[1], idx.shape[2]
+    loss, coef = torch.empty(b, n_a), torch.empty(b, n_a, n_k)
+    library().ctcae_infonce_fwd(unit.data_ptr(), idx.data_ptr(), anchors.data_ptr(), loss.data_ptr(), coef.data_ptr(),
+                                b, d, n, n_a, n_k, n_pos, temperature, torch.get_num_threads())
+    return loss, coef
+
+
+def infonce_backward(unit: Tensor, idx: Tensor, anchors: Tensor, coef: Tensor, scale: float) -> Tensor:
+    """The gradient with respect to ``unit`` of the mean of :func:`infonce_forward`'s row losses,
+    given ``scale`` = (the upstream gradient) / (b A temperature): each row's coefficients, scaled,
+    scattered to its pairs' and its anchor's vectors."""
+    b, d, n = unit.shape
+    grad = torch.zeros(b, d, n)
+    library().ctcae_infonce_bwd(unit.data_ptr(), idx.data_ptr(), anchors.data_ptr(), coef.data_ptr(), grad.data_ptr(),
+                                b, d, n, idx.shape[1], idx.shape[2], scale, torch.get_num_threads())
+    return grad

@@ -1,5 +1,5 @@
-/* Fused CPU kernels for the complex layer's elementwise arithmetic and the contrastive loss's
- * pair-mining keys (ctcae_core/fused.py, docs/model.md).
+/* Fused CPU kernels for the complex layer's elementwise arithmetic, the contrastive loss's
+ * pair-mining keys and its InfoNCE term over gathered pairs (ctcae_core/fused.py, docs/model.md).
  *
  * Each kernel is one pass over flat buffers that share one memory layout: the 3x batch of the
  * layer's real map is three planes of n elements (Re, Im, |z|), the polar pair (m, phi) one plane
@@ -24,6 +24,7 @@ VECTOR_VARIANT float sinf(float);
 VECTOR_VARIANT float cosf(float);
 VECTOR_VARIANT double atan2(double, double);
 VECTOR_VARIANT float hypotf(float, float);
+VECTOR_VARIANT float expf(float);
 
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -132,14 +133,80 @@ static void mine_keys_rows(const float *restrict unit, const int64_t *restrict a
     }
 }
 
+/* ------------------------------------------------------------------ InfoNCE over gathered pairs */
+/* contrastive.soft_target_infonce for unit vectors unit (b, d, n), pairs idx (b, A, K) (the P
+ * positives first) and anchor positions anchors (A,). Rows r = (image i, anchor a): the logits
+ * s_k / t with s_k = u_anchor . u_idx[k] (summed over channels in order, as ATen's sum over dim 1),
+ * the row's loss -(1/P) sum_{k<P} (logit_k - logsumexp), and the row's d loss / d logit_k up to
+ * the mean's 1 / (b A): softmax_k - [k < P] / P, kept for the backward. */
+static void infonce_rows(const float *restrict unit, const int64_t *restrict idx, const int64_t *restrict anchors,
+                         float *restrict loss, float *restrict coef, int64_t d, int64_t n, int64_t n_a, int64_t n_k,
+                         int64_t n_pos, float t, int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; r++) {
+        const int64_t i = r / n_a, anchor = anchors[r % n_a];
+        const float *u = unit + i * d * n;
+        const int64_t *ix = idx + r * n_k;
+        float *logit = coef + r * n_k;
+        for (int64_t k = 0; k < n_k; k++) logit[k] = 0.0f;
+        for (int64_t c = 0; c < d; c++) {
+            const float ua = u[c * n + anchor];
+            const float *uc = u + c * n;
+            for (int64_t k = 0; k < n_k; k++) logit[k] += ua * uc[ix[k]];
+        }
+        float top = -INFINITY;
+        for (int64_t k = 0; k < n_k; k++) {
+            logit[k] /= t;
+            top = logit[k] > top ? logit[k] : top;
+        }
+        float sum = 0.0f;
+        for (int64_t k = 0; k < n_k; k++) sum += expf(logit[k] - top);
+        const float lse = top + logf(sum);
+        float pos = 0.0f;
+        for (int64_t k = 0; k < n_pos; k++) pos += logit[k] - lse;
+        loss[r] = -(pos / (float)n_pos);
+        for (int64_t k = 0; k < n_k; k++) logit[k] = expf(logit[k] - lse) - (k < n_pos ? 1.0f / (float)n_pos : 0.0f);
+    }
+}
+
+/* The backward of infonce_rows for images [lo, hi): d loss / d unit, with scale = d out / (b A t)
+ * applied to the kept coefficients. One thread owns an image, so its scattered adds need no atomics. */
+static void infonce_images_bwd(const float *restrict unit, const int64_t *restrict idx,
+                               const int64_t *restrict anchors, const float *restrict coef, float *restrict grad,
+                               int64_t d, int64_t n, int64_t n_a, int64_t n_k, float scale, int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; i++) {
+        const float *u = unit + i * d * n;
+        float *g = grad + i * d * n;
+        for (int64_t a = 0; a < n_a; a++) {
+            const int64_t r = i * n_a + a, anchor = anchors[a];
+            const int64_t *ix = idx + r * n_k;
+            const float *cf = coef + r * n_k;
+            for (int64_t c = 0; c < d; c++) {
+                const float ua = u[c * n + anchor];
+                const float *uc = u + c * n;
+                float *gc = g + c * n;
+                float acc = 0.0f;
+                for (int64_t k = 0; k < n_k; k++) {
+                    const float w = scale * cf[k];
+                    gc[ix[k]] += w * ua;
+                    acc += w * uc[ix[k]];
+                }
+                gc[anchor] += acc;
+            }
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ threads */
 typedef struct {
     int kind, bf16;
     const void *a, *b, *c;
     void *d, *e;
     int64_t n;
-    int64_t dims, positions, anchors; /* mining keys only: d, n and A; n above counts rows */
+    int64_t dims, positions, anchors; /* mining keys and InfoNCE: d, n and A; n above counts rows or images */
     int bits;
+    const void *f; /* InfoNCE: the anchors */
+    int64_t pairs, positives; /* InfoNCE: K and P */
+    float scalar; /* InfoNCE: the temperature (forward), the gradient's scale (backward) */
     int64_t grain; /* the least work one thread is started for, in units of n */
 } job_t;
 
@@ -160,6 +227,14 @@ static void run(const job_t *j, int64_t lo, int64_t hi) {
     case 7: polar_bwd_bf16(j->a, j->b, j->c, j->d, j->e, j->n, lo, hi); break;
     case 8:
         mine_keys_rows(j->a, j->b, j->d, j->dims, j->positions, j->anchors, j->bits, lo, hi);
+        break;
+    case 10:
+        infonce_rows(j->a, j->b, j->f, j->d, j->e, j->dims, j->positions, j->anchors, j->pairs, j->positives,
+                     j->scalar, lo, hi);
+        break;
+    case 12:
+        infonce_images_bwd(j->a, j->b, j->f, j->c, j->d, j->dims, j->positions, j->anchors, j->pairs, j->scalar,
+                           lo, hi);
         break;
     }
 }
@@ -231,5 +306,33 @@ void ctcae_mine_keys(const float *unit, const int64_t *anchors, int32_t *keys, i
     j.anchors = n_anchors;
     j.bits = bits;
     j.grain = 1 + 16384 / (n * (d + 2)); /* rows */
+    parallel(&j, threads);
+}
+
+void ctcae_infonce_fwd(const float *unit, const int64_t *idx, const int64_t *anchors, float *loss, float *coef,
+                       int64_t b, int64_t d, int64_t n, int64_t n_anchors, int64_t n_pairs, int64_t n_pos,
+                       float temperature, int threads) {
+    job_t j = {5, 0, unit, idx, NULL, loss, coef, b * n_anchors};
+    j.dims = d;
+    j.positions = n;
+    j.anchors = n_anchors;
+    j.f = anchors;
+    j.pairs = n_pairs;
+    j.positives = n_pos;
+    j.scalar = temperature;
+    j.grain = 1 + 16384 / (n_pairs * (d + 2)); /* rows */
+    parallel(&j, threads);
+}
+
+void ctcae_infonce_bwd(const float *unit, const int64_t *idx, const int64_t *anchors, const float *coef, float *grad,
+                       int64_t b, int64_t d, int64_t n, int64_t n_anchors, int64_t n_pairs, float scale, int threads) {
+    job_t j = {6, 0, unit, idx, coef, grad, NULL, b};
+    j.dims = d;
+    j.positions = n;
+    j.anchors = n_anchors;
+    j.f = anchors;
+    j.pairs = n_pairs;
+    j.scalar = scale;
+    j.grain = 1 + 16384 / (n_anchors * n_pairs * (d + 1)); /* images */
     parallel(&j, threads);
 }

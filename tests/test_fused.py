@@ -214,3 +214,67 @@ def test_mining_keys_values_and_out_checks():
     assert torch.equal(keys[0], expect)
     with pytest.raises(ValueError, match="contiguous int32"):
         fused.mining_keys(unit, anchors, 2, out=torch.empty(1, 2, 3, dtype=torch.int64))
+
+
+INFONCE_CASES = [  # (b, d, n, anchors, positives, negatives): the decoder's RGB output, a patch map, odd sizes
+    (4, 3, 1024, 100, 1, 100),
+    (3, 12, 256, 10, 2, 30),
+    (5, 3, 37, 6, 3, 7),
+]
+
+
+@pytest.mark.parametrize("b,d,n,n_a,n_pos,n_neg", INFONCE_CASES)
+def test_fused_infonce_equals_the_definition_and_the_aten_branch(b, d, n, n_a, n_pos, n_neg, monkeypatch):
+    """The fused InfoNCE (logits, log-softmax and backward in C) against the ATen branch and the
+    loss written pair by pair in float64, with a zero phase vector and an anchor among its own pairs;
+    the same bits at 1 and 2 threads (a row, and in the backward an image, belongs to one thread)."""
+    from ctcae_core import contrastive
+    from ctcae_core.contrastive import Pairs, soft_target_infonce
+    from test_contrastive import _infonce_by_pair
+
+    g = torch.Generator().manual_seed(n)
+    features = torch.randn(b, d, n, generator=g)
+    features[:, :, 2] = 0.0  # a zero phase vector: unit vector 0, similarity 0
+    anchors = torch.randperm(n, generator=g)[:n_a]
+    index = torch.stack([torch.stack([torch.randperm(n, generator=g)[: n_pos + n_neg] for _ in range(n_a)])
+                         for _ in range(b)])
+    index[0, 0, n_pos] = anchors[0]  # the anchor as one of its own negatives
+    index[1, 1, 0] = 2  # the zero vector as a positive
+    pairs = Pairs(anchors, index, n_pos)
+    monkeypatch.setattr(contrastive, "GRAM_POSITIONS_PER_PAIR", 0)  # the gathered-pairs branch at every n
+
+    def run(aten: bool, threads: int = 1):
+        _aten(monkeypatch, aten)
+        torch.set_num_threads(threads)
+        x = features.clone().requires_grad_()
+        loss = soft_target_infonce(x, pairs, 0.05)
+        (3.0 * loss).backward()  # an upstream gradient other than 1
+        return loss.detach(), x.grad
+
+    fused_1, fused_2, aten = run(False, 1), run(False, 2), run(True)
+    x64 = features.clone().double().requires_grad_()
+    ref = _infonce_by_pair(x64, pairs, 0.05)
+    (3.0 * ref).backward()
+    assert torch.equal(fused_1[0], fused_2[0]) and torch.equal(fused_1[1], fused_2[1])
+    for loss, grad in (fused_1, aten):
+        torch.testing.assert_close(loss.double(), ref.detach(), rtol=2e-6, atol=0)
+        # The zero vector's gradient is of order 1 / 1e-12 (unit_vectors' clamp): held to its own scale
+        # apart, so that it does not set the tolerance for the others.
+        for cols in (torch.arange(n) != 2, torch.arange(n) == 2):
+            ref_grad = x64.grad[:, :, cols]
+            torch.testing.assert_close(grad[:, :, cols].double(), ref_grad, rtol=1e-4,
+                                       atol=1e-5 * ref_grad.abs().max().item())
+
+
+def test_fused_infonce_is_used_on_cpu_float32_only(monkeypatch):
+    from ctcae_core import contrastive
+
+    calls = []
+    monkeypatch.setattr(contrastive._FusedInfoNCE, "apply", lambda *a: calls.append(a[0].dtype) or a[0].sum())
+    monkeypatch.setattr(contrastive, "GRAM_POSITIONS_PER_PAIR", 0)
+    pairs = contrastive.Pairs(torch.tensor([0, 1]), torch.tensor([[[2, 3, 4], [3, 4, 5]]]), 1)
+    for dtype in (torch.float32, torch.float64):
+        contrastive.soft_target_infonce(torch.randn(1, 3, 8, dtype=dtype), pairs, 0.1)
+    _aten(monkeypatch, True)
+    contrastive.soft_target_infonce(torch.randn(1, 3, 8), pairs, 0.1)
+    assert calls == [torch.float32]
