@@ -171,11 +171,12 @@ def soft_target_infonce(features: Tensor, pairs: Pairs, temperature: float) -> T
 class _FusedInfoNCE(torch.autograd.Function):
     """soft_target_infonce's gathered-pairs branch on unit vectors, by fused.infonce_forward and
     infonce_backward: the same value and gradient as the ATen ops to float rounding
-    (tests/test_contrastive.py), without the (b, d, A, P + N) gathers and their scatter-add."""
+    (tests/test_fused.py), without the (b, d, A, P + N) gathers and their scatter-add."""
 
     @staticmethod
     def forward(ctx, unit: Tensor, idx: Tensor, anchors: Tensor, temperature: float, n_pos: int) -> Tensor:
-        unit, idx, anchors = unit.contiguous(), idx.contiguous(), anchors.to(torch.int64).contiguous()
+        # The kernels read int64 positions and dense float32 vectors.
+        unit, idx, anchors = unit.contiguous(), idx.to(torch.int64).contiguous(), anchors.to(torch.int64).contiguous()
         rows, coef = fused.infonce_forward(unit, idx, anchors, temperature, n_pos)
         ctx.save_for_backward(unit, idx, anchors, coef)
         ctx.temperature = temperature
