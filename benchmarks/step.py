@@ -11,17 +11,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import median_time, peak_rss_mb, run_child, tetromino_batch  # noqa: E402
+from benchmarks.common import median_time, peak_rss_mb, run_child, tetromino_batch, training_step  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> dict:
     import torch
-    import torch.nn.functional as F
 
     from ctcae_core.config import get_profile
-    from ctcae_core.contrastive import contrastive_loss
     from ctcae_core.model import build_model
-    from ctcae_core.precision import precision_context
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -36,22 +33,10 @@ def child(args: argparse.Namespace) -> dict:
     scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
     gen = torch.Generator().manual_seed(0)
 
+    train_step = training_step(model, opt, images, cfg, gen, args.precision, scaler)
+
     def step() -> None:
-        with precision_context(args.precision, device):
-            out = model(images)
-        loss = F.mse_loss(out.recon.float(), images)
-        if cfg.contrastive.enabled:
-            loss = loss + cfg.contrastive.weight * contrastive_loss(
-                out.enc_magnitude, out.enc_phase, out.out_magnitude, out.out_phase, cfg.contrastive, gen
-            )
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        train_step()
         if device.type == "cuda":
             torch.cuda.synchronize()
 

@@ -25,6 +25,7 @@ def test_gpu_check_dry_run_prints_one_strict_json_line(tmp_path):
     train = out["train"]
     assert train["steps"] == 3  # the first evaluation past a zero budget
     assert -1 <= train["test_ari_fg"] <= 1 and 0 < train["test_mse"] < 1
+    assert -1 <= train["val_ari_fg_colour"] <= 1  # the colour-alone control beside ARI-FG
     assert "training ctcae_tetrominoes" in res.stderr
 
 
@@ -36,3 +37,46 @@ def test_gpu_check_refuses_cuda_without_a_gpu():
     res = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cuda"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "no CUDA device" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow  # starts three training processes
+def test_pack_dry_run_gives_one_row_per_pack_size(tmp_path):
+    env = dict(os.environ, CTCAE_DATA_CACHE=os.environ.get("CTCAE_DATA_CACHE", str(tmp_path / "data")))
+    res = subprocess.run([sys.executable, "benchmarks/pack.py", "--dry-run", "--device", "cpu", "--packs", "1", "2",
+                          "--trial-steps", "100"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = [json.loads(ln) for ln in res.stdout.strip().splitlines()]
+    out = lines[-1]
+    assert out["device"] == "cpu" and out["dry_run"] is True and out["trial_steps"] == 100
+    assert [row["pack"] for row in out["packs"]] == [1, 2] and lines[:2] == [{"profile": out["profile"], **r} for r in out["packs"]]
+    for row in out["packs"]:
+        assert len(row["steps"]) == row["pack"] and min(row["steps"]) >= 1
+        assert row["aggregate_steps_per_s"] == pytest.approx(row["per_trial_steps_per_s"] * row["pack"], rel=1e-3)
+        assert row["slowest_trial_steps_per_s"] <= row["per_trial_steps_per_s"] + 1e-3
+        assert row["trials_per_gpu_hour"] == pytest.approx(row["aggregate_steps_per_s"] * 36, rel=1e-3)  # 3600 / 100
+        assert "gpu_mb_per_trial" not in row  # no nvidia-smi reading off a GPU
+    one, two = out["packs"]
+    assert one["speedup"] == 1.0 and two["speedup"] == pytest.approx(two["aggregate_steps_per_s"] / one["aggregate_steps_per_s"], rel=1e-2)
+
+
+def test_pack_refuses_an_empty_pack():
+    res = subprocess.run([sys.executable, "benchmarks/pack.py", "--dry-run", "--device", "cpu", "--packs", "2", "0"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "--packs" in res.stderr and ">= 1" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_gpu_figures_stops_at_a_failed_smoke_run(tmp_path):
+    """Without CUDA the smoke run fails in seconds, and nothing after it spends the budget."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    env = dict(os.environ, PYTHON=sys.executable)
+    res = subprocess.run(["bash", "benchmarks/gpu_figures.sh", str(tmp_path / "out"), "1", "200"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 1, res.stdout[-2000:]
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "no CUDA device" in log and "== smoke: exit 2" in log
+    assert "== gpu_check" not in log and "== pack_paper" not in log
+    assert (tmp_path / "out" / "results.jsonl").read_text() == ""
+    assert (tmp_path / "out" / "env.txt").is_file()
