@@ -64,7 +64,7 @@ def run_config(name: str, run: dict[str, Any], until: int):
     overrides = list(run["set"]) + [
         f"train.steps={until}", f"train.seed={run.get('seed', 0)}", f"train.batch_size={run.get('batch_size', 32)}",
         f"train.lr={run.get('lr', 4e-4)}", f"train.eval_every={run.get('eval_every', 500)}",
-        f"train.eval_images={run.get('eval_images', 320)}", "train.device=cpu",
+        f"train.eval_images={run.get('eval_images', 320)}", f"train.device={run.get('device', 'cpu')}",
     ]
     return get_profile(run["profile"]).with_overrides(overrides + [f"name={name}"])
 

@@ -161,3 +161,17 @@ def test_the_table_gives_where_the_phases_first_add_over_colour_and_the_most_the
              for ln in write_report(run_root, report_dir).read_text().splitlines() if ln.startswith("| caepp_small_s")}
     assert lines["caepp_small_s0"][-2:] == [f"1500 ({9.0 * 1500 / 3600:.2f})", "+0.080 (1500)"]
     assert lines["caepp_small_s1"][-2:] == ["–", "+0.000 (500)"]  # ARI-FG from colour alone: no grouping by phase
+
+
+def test_every_committed_run_makes_a_config_on_its_device():
+    """Each run of reports/curves/runs.yaml resolves to a valid config; ``device`` (default cpu)
+    and ``batch_size`` reach train."""
+    from curves import load_runs, run_config
+
+    runs = load_runs()
+    configs = {name: run_config(name, run, 3000) for name, run in runs.items()}
+    assert configs["caepp_small_s0"].train.device == "cpu" and configs["caepp_small_s0"].train.batch_size == 32
+    gpu = configs["ctcae_paper_pbias_gpu_s1"]
+    assert gpu.train.device == "cuda" and gpu.train.batch_size == 64 and gpu.train.seed == 1
+    assert gpu.model.enc_channels == (128, 128, 256, 256, 256) and gpu.model.phase_bias_init == 3.14159
+    assert all(c.train.steps == 3000 and c.name == n for n, c in configs.items())
