@@ -94,13 +94,13 @@ def child(args: argparse.Namespace) -> dict:
     return res
 
 
-def _gpu_used_mb() -> float | None:
-    """Device memory in use on GPU 0, by nvidia-smi (None where there is none)."""
+def _gpu_used_mb(index: int) -> float | None:
+    """Device memory in use on GPU ``index``, by nvidia-smi (None where there is none)."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return None
     try:
-        out = subprocess.run([smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+        out = subprocess.run([smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", str(index)],
                              capture_output=True, text=True, timeout=20)
         return float(out.stdout.strip().splitlines()[0])
     except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
@@ -109,6 +109,8 @@ def _gpu_used_mb() -> float | None:
 
 def run_pack(args: argparse.Namespace, k: int) -> dict:
     """Start k children, release them together, collect their step counts."""
+    import torch
+
     threads = max(1, (os.cpu_count() or 1) // k)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with tempfile.TemporaryDirectory(prefix="ctcae-pack-") as sync_dir:
@@ -133,7 +135,7 @@ def run_pack(args: argparse.Namespace, k: int) -> dict:
         go_tmp.write_text(repr(time.time() + 0.5))
         go_tmp.rename(Path(sync_dir) / "go")  # children never read a half-written start time
         time.sleep(0.5 + args.seconds / 2)
-        used_mb = _gpu_used_mb() if args.device.startswith("cuda") else None
+        used_mb = _gpu_used_mb(torch.device(args.device).index or 0) if args.device.startswith("cuda") else None
         results = []
         for p in procs:
             out, err = p.communicate(timeout=args.seconds * 10 + 120)
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         args.seconds, args.warmup = min(args.seconds, 1.0), 1
     device = args.device
-    result = {"device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
+    result = {"device": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu",
               "torch": torch.__version__, "profile": args.profile, "batch_size": args.batch_size,
               "precision": args.precision, "seconds": args.seconds, "trial_steps": args.trial_steps,
               "dry_run": args.dry_run, "packs": []}
