@@ -80,3 +80,18 @@ def test_gpu_figures_stops_at_a_failed_smoke_run(tmp_path):
     assert "== gpu_check" not in log and "== pack_paper" not in log
     assert (tmp_path / "out" / "results.jsonl").read_text() == ""
     assert (tmp_path / "out" / "env.txt").is_file()
+
+
+def test_gpu_curves_refuses_no_runs_and_unknown_runs(tmp_path):
+    """scripts/gpu_curves.sh: no run named is a usage error; an unknown run fails with curves.py's
+    message in the log, and no curves.tgz pretends to hold results."""
+    env = dict(os.environ, PYTHON=sys.executable, CTCAE_CURVES_DIR=str(tmp_path / "runs"))
+    res = subprocess.run(["bash", "scripts/gpu_curves.sh", str(tmp_path / "a"), "1000", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 2 and "name at least one run" in res.stderr
+    res = subprocess.run(["bash", "scripts/gpu_curves.sh", str(tmp_path / "b"), "1000", "1", "no_such_run"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env=env)
+    log = (tmp_path / "b" / "log.txt").read_text()
+    assert res.returncode == 2, log[-2000:]
+    assert "unknown run(s) ['no_such_run']" in log and "exit 2" in log
+    assert not (tmp_path / "b" / "curves.tgz").exists()
