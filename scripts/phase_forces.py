@@ -8,13 +8,22 @@ pixel-weighted; D ~ spread^2 / 2), and the first-order change of D under a step 
 alone: plain gradient (-g_term . grad D) and Adam-preconditioned with the checkpoint's second
 moments (-(g_term / (sqrt(v_hat) + eps)) . grad D). Used in reports/curves/README.md (2026-12-04).
 """
-import sys, torch, torch.nn.functional as F
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ctcae_core.checkpoint import load_checkpoint
 from ctcae_core.train import open_splits, batch_indices
 from ctcae_core.contrastive import contrastive_loss
 
+
+
 def disp(mag, ph, thr=0.1):
+    """metrics.phase_spread's circular mean, kept differentiable (phase_spread detaches)."""
     mask = (mag.detach() > thr).double()
     p = ph.double()
     cnt = mask.sum((2, 3)).clamp_min(1)
@@ -23,28 +32,32 @@ def disp(mag, ph, thr=0.1):
     r = torch.sqrt(c * c + s * s + 1e-300)
     return ((1 - r) * mask.sum((2, 3))).sum() / mask.sum()  # ~ spread^2 / 2
 
-def flat(grads):
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
 
-path = sys.argv[1]
-model, cfg, payload = load_checkpoint(path)
-model.train()
-params = [p for p in model.parameters()]
-names = [n for n, _ in model.named_parameters()]
-opt = payload["optimizer"]["state"]
-step = payload["step"]
-b1, b2, eps = 0.9, 0.999, 1e-8
-denom = []
-for i, p in enumerate(params):
-    st = opt[i]
-    v = st["exp_avg_sq"] / (1 - b2 ** float(st["step"]))
-    denom.append((v.sqrt() + eps).reshape(-1))
-denom = torch.cat(denom)
-train_ds, _ = open_splits(cfg)
-cc = cfg.contrastive
-torch.manual_seed(0)
-rows = []
-for k in range(int(sys.argv[2]) if len(sys.argv) > 2 else 4):
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("batches", nargs="?", type=int, default=4)
+    args = ap.parse_args()
+    model, cfg, payload = load_checkpoint(args.checkpoint)
+    model.train()
+    params = list(model.parameters())
+
+    def flat(grads):
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+
+    b2, eps = 0.999, 1e-8  # torch.optim.Adam's defaults, as train.fit uses them
+    state = payload["optimizer"]["state"]
+    denom = torch.cat([((state[i]["exp_avg_sq"] / (1 - b2 ** float(state[i]["step"]))).sqrt() + eps).reshape(-1)
+                       for i in range(len(params))])
+    step = payload["step"]
+    train_ds, _ = open_splits(cfg)
+    cc = cfg.contrastive
+    for k in range(args.batches):
+        _batch(k, model, cfg, cc, train_ds, step, params, flat, denom)
+
+
+def _batch(k, model, cfg, cc, train_ds, step, params, flat, denom):
     idx = batch_indices(len(train_ds), cfg.train.batch_size, step + k, cfg.train.seed)
     x = train_ds.get_batch(idx)["image"]
     out = model(x)
@@ -58,6 +71,9 @@ for k in range(int(sys.argv[2]) if len(sys.argv) > 2 else 4):
     sgd_m, sgd_c = -(g_m.double() @ g_d.double()), -(g_c.double() @ g_d.double())
     ad_m, ad_c = -((g_m / denom).double() @ g_d.double()), -((g_c / denom).double() @ g_d.double())
     cos_mc = F.cosine_similarity(g_m, g_c, dim=0)
-    rows.append((float(d), float(mse), float(con), sgd_m.item(), sgd_c.item(), ad_m.item(), ad_c.item(), g_m.norm().item(), g_c.norm().item(), cos_mc.item()))
-    print(f"batch {k}: 1-R {float(d):.3e} mse {float(mse):.4f} w*con {float(con):.3e} | dD sgd: mse {sgd_m.item():+.3e} con {sgd_c.item():+.3e} | "
+    print(f"batch {k}: 1-R {d.item():.3e} mse {mse.item():.4f} w*con {con.item():.3e} | dD sgd: mse {sgd_m.item():+.3e} con {sgd_c.item():+.3e} | "
           f"adam: mse {ad_m.item():+.3e} con {ad_c.item():+.3e} | |g| mse {g_m.norm():.2e} con {g_c.norm():.2e} cos {cos_mc:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
